@@ -503,6 +503,9 @@ class RiskStatus(msgspec.Struct, frozen=True, kw_only=True):
     drawdown_all_time_bp: int = 0
     sectors: dict[str, int] = {}  # sector -> positions in it at the last prices ("" unknown)
     account_reads: int = 0  # broker account reads that answered (failures in counters)
+    # codes valued at the start's reference price (a restart) until a print or the balance: no drawdown or day loss
+    # is judged on the account's equity meanwhile (server/risk.py unjudged)
+    unjudged: list[str] = []
 
 
 class StatusReply(_Msg, tag="status_reply", frozen=True):

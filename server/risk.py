@@ -433,6 +433,10 @@ class RiskGate:
         account = p.account_exposure(code)
         account.peak = self.peaks.peak(ACCOUNT, self.limits.drawdown_peak)
         exp.loss_accepted, account.loss_accepted = self._accepted_today(card.id), self._accepted_today(GLOBAL)
+        if self._unjudged(card.id):
+            exp.day_pnl, exp.peak = 0, 0  # (no day loss, no drawdown judged on a start's reference: _unjudged)
+        if not shadow and self._unjudged(None):
+            account.day_pnl, account.peak = 0, 0
         if shadow:  # virtual orders: the account's limits do not see them, nor do they see the account
             account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
             account.gross_value = account.positions = account.code_value = account.sector_value = 0
@@ -723,6 +727,8 @@ class RiskGate:
         p = self.portfolio
         for card in cards:
             limit = card.risk.max_daily_loss
+            if not limit or self._unjudged(card.id):
+                continue
             pnl = p.day_pnl(card.id)
             if self.agent_state(card.id) is TradingState.ACTIVE and self._loss_breached(card.id, pnl, limit):
                 self.set_state(
@@ -733,7 +739,7 @@ class RiskGate:
                 )
         self._drawdowns(cards)
         limit = self.limits.max_daily_loss
-        pnl = p.account_day_pnl() if limit else 0
+        pnl = p.account_day_pnl() if limit and not self._unjudged(None) else 0
         if self.global_state is TradingState.ACTIVE and self._loss_breached(GLOBAL, pnl, limit):
             self.set_state(
                 "",
@@ -812,6 +818,20 @@ class RiskGate:
             self.peaks.scale(ACCOUNT, base, base - value)
         log.warning("shares valued %+d KRW moved with no trade: the account's equity peaks moved in step", value)
 
+    def unjudged(self, agent: str | None) -> list[str]:
+        """Codes the agent's (None: the account's) equity values at a reference from before this process's live data
+        (a restart: today's base, a last close; today's buys read as a loss against it), until their print or the
+        balance's price, STALE_GRACE_S at most: no peak is raised on such an equity, no drawdown or day loss judged
+        on it, by the sweep or at an order (a restart put an agent REDUCING, denied its buys, on a day loss no trade
+        made: a hunt)."""
+        p = self.portfolio
+        if not p.stale and p.balance_seen:  # (every order asks: the usual answer first)
+            return []
+        return p.stale_marked(agent) if market_ns(self.clock) - self._born < STALE_GRACE_S * 1e9 else []
+
+    def _unjudged(self, agent: str | None) -> bool:
+        return bool(self.unjudged(agent))
+
     def _drawdowns(self, cards: list[AgentCard]) -> None:
         """Raise the equity peaks; a drawdown past a card's (or the gateway's) first level puts the
         agent (the gateway) in REDUCING, past the second in HALTED."""
@@ -830,11 +850,8 @@ class RiskGate:
             # the account's cash base may be held in doubt (an unexplained jump at the last account read: a
             # fill counted twice or not at all): no peak on its high side, no drawdown on its low side
             scopes.append((ACCOUNT, "", self.limits, *bounds))
-        early = market_ns(self.clock) - self._born < STALE_GRACE_S * 1e9
         for key, agent, lim, low, eq in scopes:
-            if early and p.stale_marked(agent or None):
-                # a code valued at a reference from before this process's live data (a restart: today's base, a
-                # last close) until its print or the balance's price: no peak on it, no drawdown judged on it
+            if self._unjudged(agent or None):
                 continue
             if not p.unpriced(agent or None):  # valued at cost, it is no peak (see the module's docstring)
                 peaks.observe(key, low)

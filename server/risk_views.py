@@ -88,4 +88,5 @@ def risk_status(risk: RiskGate, account_reads: int) -> RiskStatus:
         drawdown_all_time_bp=drawdown_bp(eq, ever),
         sectors=p.sector_values(),
         account_reads=account_reads,
+        unjudged=risk.unjudged(None),
     )

@@ -6,18 +6,25 @@ such a reference; the balance's price then is judged as before.
 
 (a review) While such references (a code that never prints, the balance read failing) kept a scope from having its
 drawdown judged, a real crash of its other code went unjudged all day: the window is bounded (server/risk.py
-STALE_GRACE_S), and the balance's prices count as soon as its read answers."""
+STALE_GRACE_S), and the balance's prices count as soon as its read answers.
+
+(a hunt, the next session) The same reference still judged the day loss (the sweep put an agent REDUCING: a stock
+bought today above yesterday's close read as a loss against that close) and the per-order gate's drawdown and day
+loss (buys denied) in that window: neither is judged on it now either."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from common.config import AgentCard, GatewayConfig, RiskLimits
 from common.enums import Side, TradingState
 from common.market_clock import ManualClock
 from common.orders import OrderState
 from common.schema import NewOrder
+from server.risk_views import risk_status
 from server.trading_day import BasePrices
+from tools.ops.status import risk_line
 from tests.fakes.harness import Harness as CoreHarness
 from tests.unit.test_reconcile_days import MON, TotalsBroker, kst
 
@@ -26,8 +33,8 @@ LIMITS = RiskLimits(max_drawdown_pct=3, halt_drawdown_pct=5)
 CFG = GatewayConfig(risk=LIMITS)
 
 
-def card(*codes: str, budget: int) -> AgentCard:
-    return AgentCard(id="alpha", name="A", strategy="x:Y", codes=list(codes), budget=budget, risk=LIMITS)
+def card(*codes: str, budget: int, risk: RiskLimits = LIMITS) -> AgentCard:
+    return AgentCard(id="alpha", name="A", strategy="x:Y", codes=list(codes), budget=budget, risk=risk)
 
 
 class Day:
@@ -40,11 +47,11 @@ class Day:
         self.broker.ref_price = 60_000
         self.broker.cash = 50_000_000
 
-    def harness(self) -> CoreHarness:
-        return CoreHarness(self.db, self.broker, clock=self.clock, cfg=CFG, cards={"alpha": self.a})
+    def harness(self, cfg: GatewayConfig = CFG) -> CoreHarness:
+        return CoreHarness(self.db, self.broker, clock=self.clock, cfg=cfg, cards={"alpha": self.a})
 
-    async def first_run(self, prints: dict[str, tuple[int, ...]]) -> None:
-        h = self.harness()
+    async def first_run(self, prints: dict[str, tuple[int, ...]], cfg: GatewayConfig = CFG) -> None:
+        h = self.harness(cfg)
         await h.start()
         await BasePrices(h.book, h.broker.base_price).ensure(list(prints))
         for n, code in enumerate(prints, 1):
@@ -60,9 +67,9 @@ class Day:
             h.risk.sweep([self.a])
         await h.close()
 
-    async def restart(self) -> CoreHarness:
+    async def restart(self, cfg: GatewayConfig = CFG) -> CoreHarness:
         self.clock.set(kst(MON, 10, 30))
-        h = self.harness()
+        h = self.harness(cfg)
         await h.broker.start()
         h.core.start()
         return h
@@ -116,3 +123,37 @@ async def test_balance_failing_blinds_the_scope(tmp_path: Path) -> None:
     st = h.risk.agent_state("alpha")
     await h.close()
     assert st is TradingState.HALTED, f"a 13 % drawdown not judged: {st}"
+
+
+async def test_restart_judges_no_day_loss_on_the_close_before_todays_buy(tmp_path: Path) -> None:
+    """alpha bought 100 at 60,000 today on a gap up from yesterday's close of 55,000, the stock at 66,000 since
+    (+600,000 today). After a restart the mark is that close until a print or the balance: -500,000 against a
+    300,000 day-loss limit (the agent's and the account's) and a 10.4 % drawdown from the stored day peak."""
+    risk = RiskLimits(max_daily_loss=300_000, max_drawdown_pct=3, halt_drawdown_pct=12)
+    cfg = GatewayConfig(risk=risk)
+    a = card(C1, budget=10_000_000, risk=risk)
+    day = Day(tmp_path, a)
+    day.broker.ref_price = 55_000  # yesterday's close: today's base
+    await day.first_run({C1: (60_000, 66_000)}, cfg)
+    h = await day.restart(cfg)
+    await BasePrices(h.book, h.broker.base_price).ensure([C1])
+    await h.core.recon.run("start", open_only=True)  # the start's open-only pass: orders may go out
+    assert await h.account.read_once()
+    for _ in range(2):  # (the first sweep gives the code its reference price)
+        h.risk.sweep([a])
+    assert h.portfolio.day_pnl("alpha") < -300_000  # what the reference reads: not judged
+    shown = risk_line(SimpleNamespace(risk=risk_status(h.risk, 1)))  # type: ignore[arg-type]  # (status's line)
+    assert f"(not judged yet: {C1} at the start's reference price" in shown, shown
+    assert h.risk.agent_state("alpha") is TradingState.ACTIVE and h.risk.global_state is TradingState.ACTIVE
+    buy = NewOrder(client_order_id="alpha-20261123-9", code=C1, side=Side.BUY, qty=10, price=50_000)
+    got = h.desk.submit(a, buy)
+    assert got.accepted, f"a buy denied on the start's reference: {got.code} {got.message}"
+    day.broker.ref_price = 66_000  # the balance's price: judged from here, +600,000
+    await h.core.recon.run("start")
+    h.risk.sweep([a])
+    assert h.risk.agent_state("alpha") is TradingState.ACTIVE and not risk_status(h.risk, 2).unjudged
+    h.print(C1, 57_000)  # a real fall after the start (-300,000 today and fees; 8.5 %) is judged at once
+    h.risk.sweep([a])
+    st = h.risk.agent_state("alpha")
+    await h.close()
+    assert st is TradingState.REDUCING

@@ -336,6 +336,9 @@ def risk_line(st: StatusReply) -> str:
             f"gross {r.gross_exposure_bp / 100:.1f} %  drawdown {r.drawdown_day_bp / 100:.2f} % (day) "
             f"{r.drawdown_all_time_bp / 100:.2f} % (all-time)"
         )
+        if r.unjudged:
+            codes = ", ".join(r.unjudged[:3]) + (" ..." if len(r.unjudged) > 3 else "")
+            head += f" (not judged yet: {codes} at the start's reference price until a print or the balance)"
     return head + (f"  RISK MULTIPLIER {r.multiplier:g}" if r.multiplier != 1.0 else "")
 
 
