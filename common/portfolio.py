@@ -65,6 +65,9 @@ from common.schema import PositionView
 # (shares, cost, value at the day's start; 0: no price then) of a position carried into the day
 DayOpen = tuple[int, int, int]
 
+# account reads in a row passed over for fills in their flight they cannot line up (no day totals): the next is used
+AMBIGUOUS_READS_PASSED = 3
+
 
 class PricedHolding(Protocol):
     """A line of the broker's balance as far as prices go (kis.port.BrokerPosition)."""
@@ -296,6 +299,7 @@ class Portfolio:
         self._open: dict[str, Order] = {}  # client order id → open order (what a read may meet: _open_value)
         self._day_started = False  # roll_day has run: the books' "today" is known
         self._last_mark: CashMark | None = None  # the last read's
+        self.reads_passed = 0  # reads in a row not used: they could not tell which fills of their flight they counted
         # side → code → client order id → open order (every agent's, 'external' too; shadow ones indexed, never
         # weighed): what a new order of another agent on the code would trade with (the self-trade check: opposite)
         self._resting: dict[Side, dict[str, dict[str, Order]]] = {Side.BUY: {}, Side.SELL: {}}
@@ -920,7 +924,8 @@ class Portfolio:
         missing fills) — are not used: then every spending the books booked after
         `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
         so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
-        can only be under its value.
+        can only be under its value. Such a read with fills in its flight is not used at all when a read before
+        it was (the books' cash from that one is exact), up to AMBIGUOUS_READS_PASSED reads in a row.
 
         Either way, a read moves the equity by no trade of its own (a fill swaps cash for shares): a
         change of the cash estimate at the read beyond what the last read's doubt explains is held as
@@ -938,6 +943,15 @@ class Portfolio:
             before, self.cash_doubt = self.cash_before_read(), self._kept[2]
         self._kept = None
         uncounted = self._uncounted(bought, sold)
+        if uncounted is None and self._traded != mark.traded and self.cash_base is not None:
+            # fills booked in its flight, and no totals to tell which of them the answer counted: the books' cash
+            # from the last read's base is exact, this read's may be low by them (and the next read's jump back,
+            # masked by its own flight's, read as money moved out then in: paper accounts leave the totals blank,
+            # a hunt). Not used, unless reads kept passing (the books' fills are what it would put right)
+            if self.reads_passed < AMBIGUOUS_READS_PASSED:
+                self.reads_passed += 1
+                return
+        self.reads_passed = 0
         if uncounted is None:
             uncounted = self._paid - mark.paid
             self._credit = 0
