@@ -903,7 +903,9 @@ class Portfolio:
         """The books' cash counters now: taken before an account read is sent, passed to set_account_cash."""
         return CashMark(paid=self._paid, traded=self._traded)
 
-    def set_account_cash(self, cash: int, mark: CashMark | None = None, bought: int = -1, sold: int = -1) -> None:
+    def set_account_cash(
+        self, cash: int, mark: CashMark | None = None, bought: int = -1, sold: int = -1, *, must_use: bool = False
+    ) -> None:
         """The broker's settlement cash `cash`: the books' fills move it from here.
 
         Without `mark`: the account's cash is `cash` now (an operator's re-base, a test).
@@ -925,7 +927,8 @@ class Portfolio:
         `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
         so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
         can only be under its value. Such a read with fills in its flight is not used at all when a read before
-        it was (the books' cash from that one is exact), up to AMBIGUOUS_READS_PASSED reads in a row.
+        it was (the books' cash from that one is exact), up to AMBIGUOUS_READS_PASSED reads in a row, nor when
+        `must_use` (a read asked for at once: the broker refused a buy for cash, money may have left the account).
 
         Either way, a read moves the equity by no trade of its own (a fill swaps cash for shares): a
         change of the cash estimate at the read beyond what the last read's doubt explains is held as
@@ -948,7 +951,7 @@ class Portfolio:
             # from the last read's base is exact, this read's may be low by them (and the next read's jump back,
             # masked by its own flight's, read as money moved out then in: paper accounts leave the totals blank,
             # a hunt). Not used, unless reads kept passing (the books' fills are what it would put right)
-            if self.reads_passed < AMBIGUOUS_READS_PASSED:
+            if self.reads_passed < AMBIGUOUS_READS_PASSED and not must_use:
                 self.reads_passed += 1
                 return
         self.reads_passed = 0
