@@ -963,7 +963,15 @@ class Portfolio:
         self.cash_base = cash
         self._spent_at_base = spent - uncounted
         self._last_mark = mark
-        if before is not None:
+        if before is not None and self._broker_ahead(bought, sold):
+            # the broker's cash moved with trades the books have not booked yet (the KIS app's buy: reconciliation
+            # books it at its next pass, the books' cash then jumps back): the jump is held in doubt with the last
+            # one's, nothing told until the totals line up (one told before the app's buy was booked, and again
+            # after it: 'money moved out' then 'in' by its value, a hunt)
+            up, down = self.cash_doubt
+            held = up - down + cash - uncounted - before
+            self.cash_doubt = (max(0, held), max(0, -held))
+        elif before is not None:
             jump = cash - uncounted - before
             up, down = self.cash_doubt
             self.cash_doubt = (max(0, jump - down), max(0, -jump - up))
@@ -1006,8 +1014,7 @@ class Portfolio:
         if bought == sold == 0 and (bb or bs):
             return None  # fills here, none at all there: the broker does not keep these figures
         ub, us = bb - bought, bs - sold
-        last = self._last_mark
-        bound = self._traded - (last.traded if last is not None else 0) + self._open_value()
+        bound = self._flight_bound()
         if (bought or sold) and not (bb or bs) and not bound:
             return None  # trades there, none here and none that could be in flight: another day's figures
         if abs(ub) > bound or abs(us) > bound:
@@ -1015,6 +1022,21 @@ class Portfolio:
         fees = sum(self.day_totals(a)[1] for a in self.positions if a not in self.virtual)
         fee = -(-fees * (ub + us) // (bb + bs)) if bb + bs else 0  # (rounded up: the cash errs low)
         return ub - us + fee
+
+    def _flight_bound(self) -> int:
+        """How far the broker's totals of today may be apart from the books' by fills of a read's flight: what the
+        books traded since the last read and what their open orders could have traded."""
+        last = self._last_mark
+        return self._traded - (last.traded if last is not None else 0) + self._open_value()
+
+    def _broker_ahead(self, bought: int, sold: int) -> bool:
+        """The broker's totals of today (KIS thdt_buy_amt / thdt_sll_amt) have trades beyond the books' and beyond
+        what a read's flight explains: an order placed outside ktrader (the KIS app, HTS) that reconciliation has
+        not adopted yet, a fill the books missed, or the day before's totals."""
+        if bought < 0 or sold < 0 or not self._day_started or bought == sold == 0:
+            return False
+        bound = self._flight_bound()
+        return bought - self._bought > bound or sold - self._sold > bound
 
     def _open_value(self) -> int:
         """What the account's open orders could have traded while a read was on its way, in the broker's

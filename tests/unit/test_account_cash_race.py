@@ -311,3 +311,36 @@ def test_a_notice_booked_after_the_read_that_counted_it_does_not_halt(tmp_path: 
 
 async def _ready(value: BrokerAccount) -> BrokerAccount:
     return value
+
+
+def test_a_kis_app_buy_read_before_reconciliation_books_it_tells_no_money_moved() -> None:
+    """(a hunt) The owner bought 49 M of shares in the KIS app. The account reads saw the cash fall with the trade in
+    KIS's totals (thdt_buy_amt) but not in the books: the second read told 'money moved out: -49 M'; reconciliation
+    then booked the app's order to 'external' (the books' cash fell by it again) and two reads later '+49 M'. The
+    fall is held in doubt while KIS's totals are ahead of the books' and taken back once they line up: nothing told;
+    a withdrawal made meanwhile is told, once, by its own amount."""
+    for withdrawn in (0, 3_000_000):
+        b = Books()
+        flows: list[int] = []
+
+        def read(cash: int, bought: int, b: Books = b, flows: list[int] = flows) -> None:
+            reader = read_with(b, snapshot(cash, bought=bought, sold=0))
+            reader.on_cash_flow = flows.append
+            asyncio.run(reader.read_once())
+
+        read(50_000_000, 0)
+        app = Order(
+            client_order_id="external-20261120-31", agent="external", code=CODE, side=Side.BUY, qty=700,
+            price=70_000, state=OrderState.ACCEPTED,
+        )  # fmt: skip
+        fee = b.p.costs.commission(49_000_000)
+        cash = 50_000_000 - 49_000_000 - fee - withdrawn
+        for _ in range(3):  # reads before reconciliation adopts the app's order
+            read(cash, 49_000_000)
+            assert flows == [], flows
+        b.p.order_changed(None, app)  # reconciliation adopts it: its fill booked to 'external'
+        assert b.fill_order(app) == 49_000_000 + fee
+        for _ in range(3):
+            read(cash, 49_000_000)
+        assert flows == ([-withdrawn] if withdrawn else []), flows
+        assert b.p.cash() == cash and b.p.cash_doubt == (0, 0)
