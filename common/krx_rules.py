@@ -57,6 +57,9 @@ class PriceRuleError(ValueError):
 
 Ladder = tuple[tuple[int, int], ...]  # (upper bound exclusive, tick), the last bound open-ended
 _TOP = sys.maxsize
+# the band an order at the market is valued at where the period's is not modelled (KrxRules.judged_limits): the
+# 17-step fixed amounts before 1995-04 ranged 2.2-6.7 % of the base [B1990s]
+UNMODELLED_BAND_PCT = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +289,17 @@ class KrxRules:
     def band_pct(self, market: Market = Market.KOSPI) -> int | None:
         """The band in % of the base price, or None when that period's band is not modelled."""
         return self._bands[market]
+
+    def judged_limits(
+        self, base: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI
+    ) -> tuple[int, int]:
+        """The (lower, upper) prices an order at the market is valued at (risk_rules.notional_price): the day's
+        limits; in a period whose band is not modelled (before 1995-04), base ± UNMODELLED_BAND_PCT, the widest
+        step of that era's fixed amounts rounded up (valued at no limit, every market buy was refused at 9.2e18 KRW
+        a share: a hunt)."""
+        if self._bands[market] is not None:
+            return self.price_limits(base, kind, market)
+        return max(base * (100 - UNMODELLED_BAND_PCT) // 100, 1), base * (100 + UNMODELLED_BAND_PCT) // 100
 
     def price_limits(
         self, base: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI

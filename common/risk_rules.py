@@ -269,7 +269,7 @@ def notional_price(
         return price
     if not base_price:
         return 0
-    lower, upper = rules.price_limits(base_price, kind, board)
+    lower, upper = rules.judged_limits(base_price, kind, board)
     return upper if side is _BUY else lower
 
 

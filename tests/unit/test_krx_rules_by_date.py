@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from common import krx
+import msgspec
+
+from common.config import RiskLimits
+from common.enums import OrderType, Side
+from common.risk_rules import notional_price
+from tools.backtest.engine import BacktestConfig, run_backtest
+from tools.backtest.reference import flip_card
 from common.krx_rules import BAND_ROWS, CURRENT, TAX_ROWS, TICK_ROWS, Market, PriceRuleError, SecurityKind, rules_for
 from tools.backtest.data import load_codes
 
@@ -164,6 +171,24 @@ def test_band_before_1995_is_not_modelled() -> None:
         and r.price_limits(10_000)[1] > 10**12
     )
     assert any("price band" in n for n in r.unconfirmed)
+
+
+def test_a_market_buy_before_1995_is_valued_at_the_widest_fixed_step(shared_data: Path) -> None:
+    """(a hunt) With no band modelled before 1995-04 a market buy was valued at the unmodelled upper limit,
+    sys.maxsize a share: every one was denied ("order value 92,233,720,368,547,758,070 > agent limit"), and a
+    1990-2023 backtest bought nothing until April 1995. It is valued at base + 7 % (the fixed amounts then: 2.2-6.7 %),
+    a sell at base - 7 %."""
+    r = rules_for("1994-06-01")
+    assert notional_price(Side.BUY, 0, 10_000, rules=r, order_type=OrderType.MARKET) == 10_700
+    assert notional_price(Side.SELL, 0, 10_000, rules=r, order_type=OrderType.MARKET) == 9_300
+    assert notional_price(Side.BUY, 0, 10_000, rules=rules_for("1995-04-03"), order_type=OrderType.MARKET) == 10_600
+    card = flip_card("005930", 10, 100_000_000)
+    card = msgspec.structs.replace(card, risk=RiskLimits(max_order_value=5_000_000))
+    series = load_codes(shared_data / "krx_daily_1990_2023", ["005930"], dt.date(1995, 4, 12))
+    cfg = BacktestConfig(date_from=dt.date(1995, 3, 20), date_to=dt.date(1995, 4, 12), cash=100_000_000)
+    result = run_backtest(card, series, cfg)
+    assert "denied" not in result.order_states, [(o.client_order_id, o.reason) for o in result.orders][:3]
+    assert sum(1 for f in result.fills if f.day < "1995-04-01") >= 8  # every session, a buy or a sell
 
 
 def test_kosdaq_band_history() -> None:
