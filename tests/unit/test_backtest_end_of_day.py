@@ -136,7 +136,10 @@ def test_intraday_hold_keeps_its_orders_and_reduces_after_the_end() -> None:
     (late,) = PLACED["2024-01-03T15:20"]
     denied = next(o for o in r.orders if o.client_order_id == late)
     assert denied.state is OrderState.DENIED and denied.reason_code == ErrorCode.DENIED_REDUCING
-    assert r.warnings == []
+    assert r.warnings == [  # (only the refusal is said: nothing was left unmodelled)
+        f"1 order refused (DENIED_REDUCING x1; the first: {late} 005930 buy 5: agent is reducing: only sells of held "
+        "shares): see orders.csv"
+    ]
 
 
 def test_intraday_after_the_end_the_agent_only_reduces() -> None:

@@ -77,7 +77,7 @@ from common.krx_rules import rules_for
 from common.config import AgentCard, EndOfDay
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, next_session_day, phase_at_ns
-from common.orders import Order, is_gateway_exit, revise_refusal
+from common.orders import Order, OrderState, is_gateway_exit, revise_refusal
 from common.protection import (
     ExitType,
     Protection,
@@ -199,7 +199,8 @@ class BacktestResult:
     interval: str = "1d"
     unanswered: dict[str, int] = field(default_factory=dict)  # ctx.quote/investor asked before the history began
     protections: list[Protection] = field(default_factory=list)  # every protective order, in its final state
-    warnings: list[str] = field(default_factory=list)  # what the run could not model as live (for the report)
+    # what the run could not model as live, and orders refused (for the report)
+    warnings: list[str] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -787,6 +788,22 @@ class Backtest:
             )
         return out
 
+    def _refusal_warnings(self) -> list[str]:
+        """Orders the card's risk limits (or the broker's rules) refused: a run of them read as a strategy that never
+        signalled ('trades 0', the reasons only in orders.csv: a hunt). By reason code, with the first."""
+        refused = [o for o in self.broker.orders.values() if o.state in (OrderState.DENIED, OrderState.REJECTED)]
+        if not refused:
+            return []
+        counts: dict[str, int] = {}
+        for o in refused:
+            counts[o.reason_code or o.state.value] = counts.get(o.reason_code or o.state.value, 0) + 1
+        first = min(refused, key=lambda o: o.created_ns)
+        by = ", ".join(f"{c} x{n:,}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return [
+            f"{len(refused):,} order{'' if len(refused) == 1 else 's'} refused ({by}; the first: "
+            f"{first.client_order_id} {first.code} {first.side.value} {first.qty:,}: {first.reason}): see orders.csv"
+        ]
+
     def _cap_warnings(self) -> list[str]:
         """Orders the volume cap held back: a fill cut short is a modelling choice the user should see."""
         capped, cap = self.broker.capped, self.broker.max_participation_bp
@@ -1291,7 +1308,7 @@ class Backtest:
             interval=self.interval,
             unanswered=dict(self.unanswered),
             protections=list(self.protections.all.values()),
-            warnings=self._eod_warnings() + self._cap_warnings() + self._trip_warnings(),
+            warnings=self._eod_warnings() + self._refusal_warnings() + self._cap_warnings() + self._trip_warnings(),
         )
 
 
