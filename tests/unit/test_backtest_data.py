@@ -95,3 +95,29 @@ def test_adjusted_or_raw_is_said(shared_data: Path) -> None:
     yf = load_codes(shared_data / "krx_daily_yf_adjusted_2003_2024", ["005930"])["005930"]
     assert yf.adjustment.startswith("adjusted (fractional") and not yf.has_volume and len(yf.bars) > 5_000
     assert yf.bars[0].start == "2003-01-02"  # the 2003-01-01 holiday row is skipped
+
+
+def test_a_file_with_no_readable_row_is_refused_as_such(tmp_path: Path) -> None:
+    """(a hunt) A file saved from Excel (dates as 2020/01/02, prices with thousands separators) had every row
+    skipped, and the run ended "no bars ... give --from/--to within the data": no dates would have done."""
+    for rows in ("2020/01/02,100,101,99,100,5\n", '2020-01-02,"55,500","56,000","55,000","55,500",5\n'):
+        bad = tmp_path / "000001.csv"
+        bad.write_text("Date,Open,High,Low,Close,Volume\n" + rows * 3)
+        with pytest.raises(DataError, match=r"000001\.csv: none of its 3 rows is readable \(line 2: unreadable row"):
+            load_bars(bad, "000001")
+
+
+def test_a_volume_column_with_empty_cells_is_no_volume(tmp_path: Path) -> None:
+    """(a hunt) Empty Volume cells read as volume 0: every bar a market with no trades, nothing filled, and the
+    only message blamed the market's depth. All empty: no volumes (as without the column); some: counted."""
+    f = tmp_path / "000001.csv"
+    f.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,100,101,99,100,\n2024-01-03,100,101,99,100,\n")
+    s = load_bars(f, "000001")
+    assert [b.volume for b in s.bars] == [0, 0] and s.notes == (
+        "000001.csv: no volumes (no such column, or its cells empty): fills are not capped by volume and halts are "
+        "not seen",
+    )
+    assert not s.has_volume
+    f.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,100,101,99,100,7\n2024-01-03,100,101,99,100,\n")
+    s = load_bars(f, "000001")
+    assert s.has_volume and s.notes[0].startswith("000001.csv: 1 with an empty volume (read as no trades")

@@ -15,7 +15,7 @@ from common.errors import KtraderError
 from common.schema import Bar
 from common.enums import Side
 from tools.backtest.cli import main
-from tools.backtest.data import load_codes
+from tools.backtest.data import DataError, load_codes
 from tools.backtest.engine import BacktestConfig, BacktestError, run_backtest
 from tools.backtest.history import export, load_history
 
@@ -233,3 +233,14 @@ def test_data_export_command(tmp_path: Path) -> None:
         [*cmd[:6], str(tmp_path / "nothing"), *cmd[7:]], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert none.returncode == 2 and "nothing recorded yet" in none.stderr and "Traceback" not in none.stderr
+
+
+def test_a_history_file_saved_as_cp949_is_refused_by_name(tmp_path: Path) -> None:
+    """(a hunt) A flows file saved by a Korean Excel (cp949) was refused with "'utf-8' codec can't decode byte 0xc1"
+    and no file name: with several files in the folder the user could not tell which."""
+    bad = tmp_path / "005930.investor.csv"
+    text = "date,close,foreign_qty,institution_qty,individual_qty,foreign_value,institution_value,individual_value"
+    text += ",종목명\n"
+    bad.write_bytes((text + "20231004,67500,20772,-20772,0,1402110000,-1402110000,0,삼성전자\n").encode("cp949"))
+    with pytest.raises(DataError, match=r"005930\.investor\.csv: not UTF-8 text \(byte \d+\): save it as UTF-8"):
+        load_history(tmp_path)

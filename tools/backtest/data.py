@@ -250,6 +250,9 @@ def _price(cell: object) -> tuple[int, bool]:
 Row = tuple[int, object, object, object, object, object, object, object]  # line, time, O, H, L, C, V, adj close
 
 
+_NO_VOLUME = "with an empty volume (read as no trades: nothing fills on them)"
+
+
 def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume: bool, adjusted: bool) -> _Columns:
     """Columns from (line, time, O, H, L, C, V, adj) rows: checked, repaired or skipped, oldest first."""
     problems: Counter[str] = Counter()
@@ -266,7 +269,9 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
     intraday = None
     fractional = False
     checked_days: dict[str, bool] = {}
+    seen = no_volume = 0
     for n, t, o_, h_, l_, c_, v_, a_ in rows:
+        seen += 1
         try:
             if isinstance(t, dt.datetime):
                 t = t.isoformat(sep=" ")
@@ -278,6 +283,9 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
             elif intra != intraday:
                 raise ValueError(f"{t!r} mixes daily and intraday times")
             (o, fo), (h, fh), (lo, fl), (c, fc) = _price(o_), _price(h_), _price(l_), _price(c_)
+            if has_volume and v_ in (None, ""):
+                no_volume += 1  # (counted below: an export without volumes has the column, its cells empty)
+                first.setdefault(_NO_VOLUME, f"line {n}: {t}")
             vol = _price(v_ if v_ not in (None, "") else 0)[0] if has_volume else 0
             if adjusted and a_ not in (None, ""):
                 close_f = float(c_)  # type: ignore[arg-type]
@@ -316,6 +324,13 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
             problem("duplicates dropped", n, f"a second row for {start}")
             continue
         by_time[start] = (o, h, lo, c, vol)
+    if seen and not by_time and not halted:
+        # (not "give --from/--to within the data": no dates would do)
+        raise DataError(f"{path}: none of its {seen:,} rows is readable ({first.get('skipped', '')})")
+    if has_volume and no_volume == seen:
+        has_volume = False  # a Volume column with every cell empty: no volumes, not a market that never traded
+    elif no_volume:
+        problems[_NO_VOLUME] += no_volume
     starts = sorted(by_time)
     interval = _interval_of(starts, path) if intraday and starts else "1d"
     vals = [by_time[t] for t in starts]
@@ -546,7 +561,10 @@ def _notes(path: Path, cols: _Columns) -> tuple[str, ...]:
         examples = "; ".join(f"{kind}: {cols.first[kind]}" for kind in sorted(cols.problems))
         out.append(f"{path.name}: {', '.join(parts)} row(s) ({examples})")
     if not cols.has_volume:
-        out.append(f"{path.name}: no volume column: fills are not capped by volume and halts are not seen")
+        out.append(
+            f"{path.name}: no volumes (no such column, or its cells empty): fills are not capped by volume and "
+            "halts are not seen"
+        )
     return tuple(out)
 
 

@@ -147,6 +147,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
             return [{k.strip().lower(): (v or "") for k, v in r.items() if k} for r in csv.DictReader(f)]
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # (a Korean Excel's cp949 save: the price files' message, naming the file)
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8 (CSV UTF-8)") from None
 
 
 def _day(text: str, path: Path, n: int) -> str:
