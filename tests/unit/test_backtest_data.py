@@ -121,3 +121,12 @@ def test_a_volume_column_with_empty_cells_is_no_volume(tmp_path: Path) -> None:
     f.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,100,101,99,100,7\n2024-01-03,100,101,99,100,\n")
     s = load_bars(f, "000001")
     assert s.has_volume and s.notes[0].startswith("000001.csv: 1 with an empty volume (read as no trades")
+
+
+def test_a_row_on_a_closed_day_is_skipped_where_the_calendar_is_exact(shared_data: Path) -> None:
+    """(a hunt) yfinance's 2006-05-31 (local elections: KRX closed) repeats 05-29's prices: kept as a bar, an order
+    decided on 05-30 filled on the holiday. From 1999 the calendar is exact: such a row is skipped and counted."""
+    s = load_codes(shared_data / "krx_daily_yf_adjusted_2003_2024", ["005930"])["005930"]
+    assert "2006-05-30" in (days := [b.start for b in s.bars]) and "2006-05-31" not in days and "2006-06-01" in days
+    old = load_codes(shared_data / "krx_daily_1990_2023", ["005930"])["005930"]
+    assert "1992-12-28" in [b.start for b in old.bars]  # before 1999 the data wins (the calendar is not sure)

@@ -250,6 +250,9 @@ def _price(cell: object) -> tuple[int, bool]:
 Row = tuple[int, object, object, object, object, object, object, object]  # line, time, O, H, L, C, V, adj close
 
 
+# from here the KRX calendar (common/calendar.py) agrees with the exchange's every day (shared/data's README: xkrx
+# matches it exactly from 1999): a row on a day it has closed is the data's mistake
+CALENDAR_EXACT_FROM = "1999-01-01"
 _NO_VOLUME = "with an empty volume (read as no trades: nothing fills on them)"
 
 
@@ -314,7 +317,11 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
             if o == h == lo == c and vol == 0:  # a filler row on a holiday (yfinance)
                 problem("skipped", n, f"{day} is not a KRX session and the row shows no trades")
                 continue
-            # trades on a day the calendar has closed: the data wins (the pre-1999 calendar has gaps)
+            if day >= CALENDAR_EXACT_FROM:
+                # (yfinance's 2006-05-31, an election day, is 05-29's row again: orders filled on a closed day, a hunt)
+                problem("skipped", n, f"{day} is not a KRX session (the calendar is exact from {CALENDAR_EXACT_FROM})")
+                continue
+            # trades on a day the calendar has closed: the data wins (the pre-1999 calendar is not sure)
             problems["kept on days the KRX calendar lists as closed"] += 1
             first.setdefault("kept on days the KRX calendar lists as closed", f"line {n}: {day}")
         if not (lo <= min(o, c) and max(o, c) <= h):
