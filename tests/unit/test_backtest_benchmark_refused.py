@@ -190,3 +190,22 @@ def test_a_universe_whose_data_ends_early_is_not_a_line_per_code(shared_data: Pa
     series = load_series(codes, "1d", d_to, data, None)
     lines = coverage_gaps(series, d_from, d_to)
     assert len(lines) <= 3, f"{len(lines)} lines, e.g. {lines[:2]}"
+
+
+def test_a_universe_runs_without_the_file_the_loader_refuses_and_a_sweep_says_its_benchmark_is_unused(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a hunt) One file of a --universe folder the loader refuses (a close-only download) stopped every code's run
+    with exit 2 naming that file only; and --benchmark in a sweep was loaded, checked, then dropped unsaid."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for code in ("005930", "000660"):
+        (data / f"{code}.csv").write_bytes((shared_data / FDR / f"{code}.csv").read_bytes())
+    (data / "999990.csv").write_text("Date,Close\n2021-01-04,100\n")
+    args = [str(_card(tmp_path)), "--data", str(data), "--universe", "--from", "2021-01-04", "--to", "2021-06-30"]
+    assert main([*args, "--benchmark", "005930", "--out", str(tmp_path / "o"), "--no-plot", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "left out of the universe: " in err and "999990.csv: not an OHLCV file" in err, err
+    assert "--benchmark 005930 is not used by a sweep, walk-forward or universe run" in err
+    rows = json.loads((tmp_path / "o" / "sweep.json").read_text())
+    assert sorted({r["code"] for r in rows["rows"]}) == ["000660", "005930"] and not rows["failed"], rows

@@ -147,6 +147,22 @@ def test_one_cell_sweep_equals_the_single_run_with_a_sector_limit(
 # ---- 4./5. rolling walk-forward: overlapping test windows, failed windows ------------------------------------
 
 
+def test_rolling_test_windows_apart_say_the_sessions_left_untested(shared_data: Path, tmp_path: Path) -> None:
+    """(a hunt) STEP > TEST leaves sessions between the test windows that no window tests, while the output said the
+    out-of-sample return was compounded over all days of each window as if it covered the span."""
+    card = load_card(_card(tmp_path, ["005930"]))
+    series = load_codes(shared_data / FDR, ["005930"])
+    days = [b.start for b in series["005930"].bars if "2020-01-02" <= b.start <= "2021-12-30"]
+    cfg = BacktestConfig(date_from=dt.date(2020, 1, 2), date_to=dt.date(2021, 12, 30), cash=10_000_000)
+    res = sweep(card, cfg, [{}], 1, days, series, rolling=(200, 60, 100))
+    assert res["oos_days"] == (
+        "all days of each test window (they leave 40 sessions between them untested: STEP 100 > TEST 60)"
+    )
+    wins = res["codes"]["card"]["windows"]
+    first, second = wins[0]["test_range"], wins[1]["test_range"]
+    assert days.index(second[0]) - days.index(first[1]) - 1 == 40
+
+
 def test_rolling_overlapping_test_windows_compound_each_day_once(shared_data: Path, tmp_path: Path) -> None:
     card = load_card(_card(tmp_path, ["005930"]))
     series = load_codes(shared_data / FDR, ["005930"])

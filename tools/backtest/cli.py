@@ -145,6 +145,10 @@ def _error(console: Console, message: str) -> None:
     console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
+def _more(items: list[str]) -> str:
+    return f" (and {len(items) - 1:,} more)" if len(items) > 1 else ""
+
+
 def _warn(console: Console, message: str) -> None:
     console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
@@ -229,9 +233,22 @@ def _backtest(
             max_participation_bp=max(1, round(max_participation * 10_000)),
             history=hist,
         )
-        series = load_series(
-            codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
-        )
+        refused: list[str] = []
+        if opts.universe:  # one file the loader refuses fails its code, said, not the whole universe (a hunt)
+            series: dict[str, Series] = {}
+            for code in codes:
+                try:
+                    series |= load_series(
+                        [code], bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
+                    )
+                except DataError as e:
+                    refused.append(str(e))
+            if not series:
+                raise DataError(f"no file of the universe could be used: {refused[0]}" + _more(refused))
+        else:
+            series = load_series(
+                codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
+            )
         bench = _benchmark(benchmark, data, run_dir, d_to) if benchmark else None
         grid = parse_sweep(opts.sweep, c.params) if opts.sweep else []
         wf = parse_walk_forward(opts.walk_forward) if opts.walk_forward else None
@@ -248,6 +265,14 @@ def _backtest(
         _error(console, f"backtest failed: {e}")
         return 1
     span = (d_from.isoformat(), d_to.isoformat())
+    for why in refused:
+        _warn(console, f"left out of the universe: {why}")
+    if bench is not None and grid:
+        _warn(
+            console,
+            f"--benchmark {benchmark} is not used by a sweep, walk-forward or universe run (no benchmark "
+            "statistics per cell): run one cell alone to compare with it",
+        )
     for s in series.values():  # one line per file: what the loader repaired or skipped
         for note in s.notes:
             _warn(console, note)
@@ -279,7 +304,7 @@ def _backtest(
                     prog,
                     engine,
                     opts.address,
-                    codes if opts.universe else None,
+                    [x for x in codes if x in series] if opts.universe else None,  # (less the refused files')
                 )
             try:
                 return _report_sweep(res, folder, json_out, console, wf is not None, roll is not None)

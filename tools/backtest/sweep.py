@@ -691,6 +691,11 @@ def _rolling(
             "all days of the last"
             if step < test_days
             else "all days of each test window"
+            + (
+                f" (they leave {step - test_days} sessions between them untested: STEP {step} > TEST {test_days})"
+                if step > test_days
+                else ""
+            )
         ),
         "codes": {},
     }
