@@ -130,3 +130,12 @@ def test_a_row_on_a_closed_day_is_skipped_where_the_calendar_is_exact(shared_dat
     assert "2006-05-30" in (days := [b.start for b in s.bars]) and "2006-05-31" not in days and "2006-06-01" in days
     old = load_codes(shared_data / "krx_daily_1990_2023", ["005930"])["005930"]
     assert "1992-12-28" in [b.start for b in old.bars]  # before 1999 the data wins (the calendar is not sure)
+
+
+def test_several_files_for_a_code_one_folder_down_are_named_not_one_taken(shared_data: Path) -> None:
+    """(a hunt) --data at the shared data root: five files for 005930 one folder down, the first (FDR 2020-2026)
+    taken unsaid, and a 2005-2010 run told 'no bars ... give --from/--to within the data' though two others cover
+    it. Several are named and refused; one is taken as before."""
+    with pytest.raises(DataError, match=r"files for 005930 one folder down \(krx_daily_1990_2023/005930_D\.csv, "):
+        find_code_file(shared_data, "005930")
+    assert find_code_file(shared_data, "000100").parent.name == "krx_daily_fdr_2020_2026"

@@ -625,10 +625,15 @@ def find_code_file(data: Path, code: str) -> Path:
     names = [f"{code}.csv", f"{code}_D.csv", f"{code}.parquet", f"{code}.KS.csv", f"{code}.KQ.csv"]
     if code in INTRADAY_FILE_NAMES:
         names.append(f"{INTRADAY_FILE_NAMES[code]}.csv")
-    for pattern in (*names, *(f"*/{n}" for n in names)):
-        hits = sorted(data.glob(pattern))
-        if hits:
-            return hits[0]
+    for n in names:
+        if (data / n).is_file():
+            return data / n
+    below = sorted({p for n in names for p in data.glob(f"*/{n}")})
+    if len(below) > 1:  # (the first taken unsaid, then 'give --from/--to within the data' about the wrong file)
+        listed = ", ".join(str(p.relative_to(data)) for p in below[:6]) + (" ..." if len(below) > 6 else "")
+        raise DataError(f"{data}: {len(below)} files for {code} one folder down ({listed}): give --data that folder")
+    if below:
+        return below[0]
     raise DataError(f"{data}: no {' / '.join(names)}")
 
 
