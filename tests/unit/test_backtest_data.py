@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.krx import SecurityKind
-from tools.backtest.data import DataError, find_code_file, load_bars, load_benchmark, load_codes
+from tools.backtest.data import DataError, find_code_file, load_bars, load_benchmark, load_codes, run_adjustment
 
 
 def test_fdr_layout(shared_data: Path) -> None:
@@ -139,3 +139,14 @@ def test_several_files_for_a_code_one_folder_down_are_named_not_one_taken(shared
     with pytest.raises(DataError, match=r"files for 005930 one folder down \(krx_daily_1990_2023/005930_D\.csv, "):
         find_code_file(shared_data, "005930")
     assert find_code_file(shared_data, "000100").parent.name == "krx_daily_fdr_2020_2026"
+
+
+def test_the_raw_or_adjusted_label_is_of_the_runs_bars(shared_data: Path) -> None:
+    """(a hunt) SKT's file is back-adjusted before its 2021 split and as traded since: a 2024-2025 run was labelled
+    'adjusted (436 of 1,548 closes off their day's tick grid)' though every close in it lies on its day's grid."""
+    s = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["017670"])["017670"]
+    assert s.adjustment.startswith("adjusted")  # the file's
+    assert run_adjustment(s, "2024-01-02", "2025-12-30") == (
+        "raw (every close on its day's tick grid); the whole file reads adjusted"
+    )
+    assert run_adjustment(s, "2020-01-02", "2021-06-30").startswith("adjusted (")

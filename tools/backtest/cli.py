@@ -24,6 +24,7 @@ from common.config import ConfigError, load_card
 from common.protection import Protection
 from tools.backtest.costs import CostModel
 from tools.backtest.data import (
+    run_adjustment,
     DataError,
     Listing,
     Series,
@@ -340,7 +341,7 @@ def _backtest(
     data_info = {
         code: {
             "source": s.source,
-            "adjustment": s.adjustment,
+            "adjustment": run_adjustment(s, *span),
             "market": str(s.market),
             "kind": str(s.kind),
             "notes": [*s.notes, *filter(None, [jumps_note(s, *span)])],

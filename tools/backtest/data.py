@@ -481,6 +481,20 @@ def _adjustment(cols: _Columns, listing: Listing) -> str:
     return got
 
 
+def run_adjustment(s: Series, lo: str, hi: str) -> str:
+    """`s.adjustment` as the bars of a run from `lo` to `hi` (YYYY-MM-DD) show it: a file back-adjusted before a split
+    and as traded since is raw over a run after it (its label said 'adjusted' of a 2024-2025 run whose closes all lie
+    on their day's grid, the off-grid ones years before it: a hunt). A label not read from the grid stands."""
+    if "tick grid" not in s.adjustment:
+        return s.adjustment
+    inside = [b for b in s.bars if lo <= b.start[:10] <= hi]
+    if not inside or len(inside) == len(s.bars):
+        return s.adjustment
+    got = grid_label([b.start for b in inside], [b.close for b in inside], s.kind, s.market)
+    whole = s.adjustment.split(" ", 1)[0]
+    return got if got.startswith(whole) else f"{got}; the whole file reads {whole}"
+
+
 STRAY_OFF_GRID = 2  # so many closes off the grid or fewer are stray rows of an as-traded series, not adjustment
 
 
