@@ -65,9 +65,6 @@ from common.schema import PositionView
 # (shares, cost, value at the day's start; 0: no price then) of a position carried into the day
 DayOpen = tuple[int, int, int]
 
-# account reads in a row passed over for fills in their flight they cannot line up (no day totals): the next is used
-AMBIGUOUS_READS_PASSED = 3
-
 
 class PricedHolding(Protocol):
     """A line of the broker's balance as far as prices go (kis.port.BrokerPosition)."""
@@ -299,7 +296,10 @@ class Portfolio:
         self._open: dict[str, Order] = {}  # client order id → open order (what a read may meet: _open_value)
         self._day_started = False  # roll_day has run: the books' "today" is known
         self._last_mark: CashMark | None = None  # the last read's
-        self.reads_passed = 0  # reads in a row not used: they could not tell which fills of their flight they counted
+        self.reads_passed = 0  # reads in a row not used: their flight's fills explain them (set_account_cash)
+        # the last read's cash jump is held in doubt because the broker's day totals are ahead of the books' (a trade
+        # in the KIS app reconciliation has not booked): the equity without that doubt is the true one (equity_bounds)
+        self.ahead = False
         # side → code → client order id → open order (every agent's, 'external' too; shadow ones indexed, never
         # weighed): what a new order of another agent on the code would trade with (the self-trade check: opposite)
         self._resting: dict[Side, dict[str, dict[str, Order]]] = {Side.BUY: {}, Side.SELL: {}}
@@ -556,8 +556,8 @@ class Portfolio:
             sector_value=bk.sector_value.get(sector, 0)
             + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector, held=held) if bk.market_qty or held else 0),
-            equity=self.equity() or 0,
-            equity_doubt=self.cash_doubt[1],
+            equity=(eq := self.equity() or 0) and (self.without_doubt(eq) if self.ahead else eq),
+            equity_doubt=0 if self.ahead else self.cash_doubt[1],
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
             cash_estimated=estimated,
             sellable_qty=self.account_sellable(code),
@@ -926,9 +926,9 @@ class Portfolio:
         missing fills) — are not used: then every spending the books booked after
         `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
         so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
-        can only be under its value. Such a read with fills in its flight is not used at all when a read before
-        it was (the books' cash from that one is exact), up to AMBIGUOUS_READS_PASSED reads in a row, nor when
-        `must_use` (a read asked for at once: the broker refused a buy for cash, money may have left the account).
+        can only be under its value. Such a read with fills in its flight that the flight explains is not used at
+        all when a read before it was (the books' cash from that one is exact), unless `must_use` (a read asked
+        for at once: the broker refused a buy for cash, money may have left the account).
 
         Either way, a read moves the equity by no trade of its own (a fill swaps cash for shares): a
         change of the cash estimate at the read beyond what the last read's doubt explains is held as
@@ -946,12 +946,16 @@ class Portfolio:
             before, self.cash_doubt = self.cash_before_read(), self._kept[2]
         self._kept = None
         uncounted = self._uncounted(bought, sold)
-        if uncounted is None and self._traded != mark.traded and self.cash_base is not None:
-            # fills booked in its flight, and no totals to tell which of them the answer counted: the books' cash
-            # from the last read's base is exact, this read's may be low by them (and the next read's jump back,
-            # masked by its own flight's, read as money moved out then in: paper accounts leave the totals blank,
-            # a hunt). Not used, unless reads kept passing (the books' fills are what it would put right)
-            if self.reads_passed < AMBIGUOUS_READS_PASSED and not must_use:
+        # what the fills of the read's flight may have moved the broker's answer by: buys with their fees, sells
+        flight = self._paid - mark.paid + self._traded - mark.traded if self._traded != mark.traded else 0
+        if uncounted is None and flight and before is not None and self.cash_base is not None and not must_use:
+            # fills booked in its flight, and no totals to tell which of them the answer counted: it is low by
+            # between none and all of them, and the next read's jump back, masked by its own flight's, read as money
+            # moved out then in (paper accounts leave the totals blank; a paper account trading through every read
+            # told it all day: a hunt, a review). A read the flight explains says nothing the books' cash from the
+            # last read's base does not (exact): passed over. One lower than the flight explains (money left, a fill
+            # the books missed) or higher (money came) is used as below: low, never high
+            if -flight <= cash - (self._paid - mark.paid) - before <= 0:
                 self.reads_passed += 1
                 return
         self.reads_passed = 0
@@ -960,16 +964,18 @@ class Portfolio:
             self._credit = 0
         else:
             self._credit = max(0, -uncounted)
+        ahead = self._broker_ahead(bought, sold)  # (against the last read's mark, as _uncounted's bound)
         self.cash_base = cash
         self._spent_at_base = spent - uncounted
         self._last_mark = mark
-        if before is not None and self._broker_ahead(bought, sold):
+        self.ahead = ahead and before is not None
+        if self.ahead:
             # the broker's cash moved with trades the books have not booked yet (the KIS app's buy: reconciliation
             # books it at its next pass, the books' cash then jumps back): the jump is held in doubt with the last
             # one's, nothing told until the totals line up (one told before the app's buy was booked, and again
             # after it: 'money moved out' then 'in' by its value, a hunt)
             up, down = self.cash_doubt
-            held = up - down + cash - uncounted - before
+            held = up - down + cash - uncounted - before  # type: ignore[operator]  # (before: not None when ahead)
             self.cash_doubt = (max(0, held), max(0, -held))
         elif before is not None:
             jump = cash - uncounted - before
@@ -1089,6 +1095,9 @@ class Portfolio:
         if eq is None:
             return None
         up, down = self.cash_doubt
+        if self.ahead:  # (a trade outside ktrader the books have not booked yet explains the jump: both are exact)
+            eq -= up - down
+            return eq, eq
         return eq - up, eq + down
 
     def without_doubt(self, equity: int) -> int:

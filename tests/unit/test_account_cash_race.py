@@ -16,7 +16,7 @@ import msgspec
 from common.config import AgentCard, DrawdownPeak, GatewayConfig, RiskLimits
 from common.enums import Side, TradingState
 from common.orders import Order, OrderState
-from common.portfolio import AMBIGUOUS_READS_PASSED, Portfolio
+from common.portfolio import Portfolio
 from common.schema import NewOrder
 from kis.port import BrokerAccount
 from server.equity import AccountReader
@@ -123,27 +123,45 @@ def test_without_totals_a_read_with_fills_in_its_flight_is_passed_over() -> None
         assert b.p.cash() == 3_999_100 + proceeds and b.p.cash_doubt == (0, 0) and b.p.take_cash_flows() == 0
 
 
-def test_reads_that_keep_meeting_fills_are_used_at_last_low_never_high() -> None:
-    """Reads passed over AMBIGUOUS_READS_PASSED times in a row: the next is used (the books may miss a fill the
-    broker has), a buy of its flight counted against the cash whatever KIS saw (low by it, never high) and the
-    jump down held in doubt: the drawdown is judged on the true equity."""
+def test_a_read_lower_than_its_flight_explains_is_used_low_never_high() -> None:
+    """A read with fills in its flight that is lower than the flight explains (money left the account, a fill the
+    books missed) is used: its flight's buys counted against the cash whatever KIS saw (low by them, never high),
+    the jump down held in doubt (the drawdown judged on the true equity), and the withdrawal told once."""
     b = Books()
-    b.p.set_account_cash(10_000_000)
-    cash = 10_000_000
-    for _ in range(AMBIGUOUS_READS_PASSED):
-        cash -= b.fill(Side.BUY, 1, 60_000)
-        asyncio.run(read_with(b, snapshot(cash), lambda: b.fill(Side.SELL, 1, 60_000)).read_once())
-        cash = b.p.cash()  # type: ignore[assignment]  # (the books': the read passed over)
-    assert b.p.reads_passed == AMBIGUOUS_READS_PASSED
-    base = b.p.cash()
-    assert base is not None
-    asyncio.run(read_with(b, snapshot(base - 6_000_900), lambda: b.fill(Side.BUY, 100, 60_000)).read_once())
-    assert b.p.reads_passed == 0 and b.p.cash() == base - 2 * 6_000_900  # counted against the cash: low
+    b.p.set_account_cash(50_000_000)
+    flows: list[int] = []
+    reader = read_with(b, snapshot(50_000_000 - 15_000_000 - 6_000_900), lambda: b.fill(Side.BUY, 100, 60_000))
+    reader.on_cash_flow = flows.append
+    asyncio.run(reader.read_once())  # KIS counted the buy and the 15 M withdrawal
+    assert b.p.reads_passed == 0 and b.p.cash() == 50_000_000 - 15_000_000 - 2 * 6_000_900  # low by the flight's
     b.p.set_mark(CODE, 60_000)
     low, high = b.p.equity_bounds()  # type: ignore[misc]
-    assert low == b.p.equity() and high == b.p.equity() + 6_000_900  # judged on the true equity
-    asyncio.run(read_with(b, snapshot(base - 6_000_900)).read_once())  # the next read puts it right
-    assert b.p.cash() == base - 6_000_900 and b.p.cash_doubt == (0, 0) and b.p.take_cash_flows() == 0
+    assert low == b.p.equity() and high == b.p.equity() + 15_000_000 + 6_000_900  # judged on the equity before it
+    for _ in range(2):
+        reader = read_with(b, snapshot(50_000_000 - 15_000_000 - 6_000_900))
+        reader.on_cash_flow = flows.append
+        asyncio.run(reader.read_once())  # quiet reads put it right
+    assert b.p.cash() == 50_000_000 - 15_000_000 - 6_000_900 and b.p.cash_doubt == (0, 0)
+    assert flows == [-15_000_000]
+
+
+def test_a_paper_account_trading_through_every_read_tells_no_money_moved() -> None:
+    """(a review) Every read of the day with a buy booked in its flight that KIS had counted: passing over a few and
+    then using one (low by its flight's buy) told 'money moved out' then 'in' as before."""
+    b = Books()
+    b.p.set_account_cash(50_000_000)
+    cash = 50_000_000
+    flows: list[int] = []
+    for _ in range(12):
+        reader = read_with(b, snapshot(cash - 700_105), lambda: b.fill(Side.BUY, 10, 70_000))
+        reader.on_cash_flow = flows.append
+        asyncio.run(reader.read_once())
+        cash -= 700_105
+    for _ in range(3):  # the market closes: quiet reads
+        reader = read_with(b, snapshot(cash))
+        reader.on_cash_flow = flows.append
+        asyncio.run(reader.read_once())
+    assert flows == [] and b.p.cash() == cash and b.p.cash_doubt == (0, 0)
 
 
 def test_paper_reads_each_meeting_a_fill_tell_no_money_moved() -> None:
