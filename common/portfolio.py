@@ -1207,20 +1207,35 @@ class Portfolio:
 
     def _start_unrealized(self, agent: str) -> int:
         """The agent's carried positions at the day's start less their cost."""
-        held, marks, start, bases = self.positions.get(agent, {}), self.marks, 0, self.base_prices
-        for code, (qty, cost, value) in self.day_open.get(agent, {}).items():
+        return sum(self._start_of(agent, code, day_open) for code, day_open in self.day_open.get(agent, {}).items())
+
+    def _start_of(self, agent: str, code: str, day_open: DayOpen) -> int:
+        """A position carried into the day: its value at the day's start less its cost then (0: none counted)."""
+        qty, cost, value = day_open
+        p = self.positions.get(agent, {}).get(code)
+        if p is not None and p.qty and code not in self.marks:
+            return 0  # held with no price now: at cost now (unrealized), so at its start too
+        base = self.base_prices.get(code, 0)
+        # today's base over the close before the day (an ex-rights/ex-dividend day's is below it); with
+        # no price at the start, the base (yesterday's close) once known at all
+        if base and (not value or self.base_is_today(code)):
+            value = self._worth(agent, code, qty, base)
+        elif not value:
+            return 0  # at cost, as if bought today
+        return value - cost
+
+    def day_pnl_without(self, agent: str, codes: Iterable[str]) -> int:
+        """`day_pnl` with `codes` counted as making nothing today (valued at a reference the day's judgement must not
+        read: a restart's, until their print or the balance's price). A real loss on another code still counts."""
+        pnl = self.day_pnl(agent)
+        held, opened = self.positions.get(agent, {}), self.day_open.get(agent, {})
+        for code in codes:
             p = held.get(code)
-            if p is not None and p.qty and code not in marks:
-                continue  # held with no price now: at cost now (unrealized), so at its start too
-            base = bases.get(code, 0)
-            # today's base over the close before the day (an ex-rights/ex-dividend day's is below it); with
-            # no price at the start, the base (yesterday's close) once known at all
-            if base and (not value or self.base_is_today(code)):
-                value = self._worth(agent, code, qty, base)
-            elif not value:
-                continue  # at cost, as if bought today
-            start += value - cost
-        return start
+            if p is None or not p.qty or code not in self.marks:
+                continue  # (at cost now: made nothing today already)
+            start = self._start_of(agent, code, opened[code]) if code in opened else 0
+            pnl -= self._worth(agent, code, p.qty, self.marks[code]) - p.cost - start
+        return pnl
 
     def base_confirmed(self, code: str | None = None) -> None:
         """`base_is_today` turned for `code` (None: for any): the day's start of its carriers is worked out
@@ -1262,7 +1277,11 @@ class Portfolio:
     def account_day_pnl(self) -> int:
         """ktrader's agents together; shares held outside ktrader ('external') move with the market
         but are nobody's trading here, so they do not count against the account's daily loss."""
-        return sum(self.day_pnl(a) for a in self.positions if a not in self.virtual and a != EXTERNAL_AGENT)
+        return sum(self.day_pnl(a) for a in self.account_agents())
+
+    def account_agents(self) -> list[str]:
+        """The agents whose day P&L is the account's (account_day_pnl): not shadows, not 'external'."""
+        return [a for a in self.positions if a not in self.virtual and a != EXTERNAL_AGENT]
 
     def account_positions(self) -> dict[str, tuple[int, int]]:
         """code → (shares, value at the last price) across the account (shadow books excluded)."""

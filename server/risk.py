@@ -433,10 +433,10 @@ class RiskGate:
         account = p.account_exposure(code)
         account.peak = self.peaks.peak(ACCOUNT, self.limits.drawdown_peak)
         exp.loss_accepted, account.loss_accepted = self._accepted_today(card.id), self._accepted_today(GLOBAL)
-        if self._unjudged(card.id):
-            exp.day_pnl, exp.peak = 0, 0  # (no day loss, no drawdown judged on a start's reference: _unjudged)
+        if codes := self.unjudged(card.id):  # (no day loss, no drawdown judged on a start's reference: unjudged)
+            exp.day_pnl, exp.peak = p.day_pnl_without(card.id, codes), 0
         if not shadow and self._unjudged(None):
-            account.day_pnl, account.peak = 0, 0
+            account.day_pnl, account.peak = self._account_day_pnl(), 0
         if shadow:  # virtual orders: the account's limits do not see them, nor do they see the account
             account.open_orders = account.position_cost = account.open_buy_value = account.day_pnl = 0
             account.gross_value = account.positions = account.code_value = account.sector_value = 0
@@ -727,9 +727,9 @@ class RiskGate:
         p = self.portfolio
         for card in cards:
             limit = card.risk.max_daily_loss
-            if not limit or self._unjudged(card.id):
+            if not limit:
                 continue
-            pnl = p.day_pnl(card.id)
+            pnl = p.day_pnl_without(card.id, self.unjudged(card.id))
             if self.agent_state(card.id) is TradingState.ACTIVE and self._loss_breached(card.id, pnl, limit):
                 self.set_state(
                     card.id,
@@ -739,7 +739,7 @@ class RiskGate:
                 )
         self._drawdowns(cards)
         limit = self.limits.max_daily_loss
-        pnl = p.account_day_pnl() if limit and not self._unjudged(None) else 0
+        pnl = self._account_day_pnl() if limit else 0
         if self.global_state is TradingState.ACTIVE and self._loss_breached(GLOBAL, pnl, limit):
             self.set_state(
                 "",
@@ -821,9 +821,9 @@ class RiskGate:
     def unjudged(self, agent: str | None) -> list[str]:
         """Codes the agent's (None: the account's) equity values at a reference from before this process's live data
         (a restart: today's base, a last close; today's buys read as a loss against it), until their print or the
-        balance's price, STALE_GRACE_S at most: no peak is raised on such an equity, no drawdown or day loss judged
-        on it, by the sweep or at an order (a restart put an agent REDUCING, denied its buys, on a day loss no trade
-        made: a hunt)."""
+        balance's price, STALE_GRACE_S at most: no peak is raised on such an equity and no drawdown judged on it,
+        and the codes make nothing of the day loss, by the sweep or at an order (a restart put an agent REDUCING,
+        denied its buys, on a day loss no trade made: a hunt)."""
         p = self.portfolio
         if not p.stale and p.balance_seen:  # (every order asks: the usual answer first)
             return []
@@ -831,6 +831,15 @@ class RiskGate:
 
     def _unjudged(self, agent: str | None) -> bool:
         return bool(self.unjudged(agent))
+
+    def _account_day_pnl(self) -> int:
+        """The account's day P&L, each agent's codes still at the start's reference counted as making nothing today
+        (unjudged): a real loss on a code priced live counts (one code waiting for its print hid the scope's whole
+        day loss: a review)."""
+        p = self.portfolio
+        if not self._unjudged(None):
+            return p.account_day_pnl()
+        return sum(p.day_pnl_without(a, self.unjudged(a)) for a in p.account_agents())
 
     def _drawdowns(self, cards: list[AgentCard]) -> None:
         """Raise the equity peaks; a drawdown past a card's (or the gateway's) first level puts the

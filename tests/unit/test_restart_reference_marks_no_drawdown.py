@@ -157,3 +157,28 @@ async def test_restart_judges_no_day_loss_on_the_close_before_todays_buy(tmp_pat
     st = h.risk.agent_state("alpha")
     await h.close()
     assert st is TradingState.REDUCING
+
+
+async def test_a_live_loss_is_judged_while_another_code_waits_for_its_print(tmp_path: Path) -> None:
+    """(a review) One code still at the start's reference took the whole scope's day loss off the table: a live
+    print of another code after the restart (-1.8 M today against a 300,000 limit) passed a buy and left the agent
+    ACTIVE. The waiting code makes nothing of the day; the rest is judged."""
+    risk = RiskLimits(max_daily_loss=300_000)
+    cfg = GatewayConfig(risk=risk)
+    a = card(C1, C2, budget=15_000_000, risk=risk)
+    day = Day(tmp_path, a)
+    await day.first_run({C1: (60_000,), C2: (60_000,)}, cfg)
+    h = await day.restart(cfg)
+    await BasePrices(h.book, h.broker.base_price).ensure([C1, C2])
+    await h.core.recon.run("start", open_only=True)
+    assert await h.account.read_once()
+    h.risk.sweep([a])
+    h.print(C2, 42_000)  # C2 -1,800,000 today; C1 has not printed
+    assert h.risk.unjudged("alpha") == [C1]
+    buy = NewOrder(client_order_id="alpha-20261123-9", code=C2, side=Side.BUY, qty=10, price=42_000)
+    got = h.desk.submit(a, buy)
+    assert not got.accepted and got.code == "DENIED_DAILY_LOSS", got
+    h.risk.sweep([a])
+    st, account = h.risk.agent_state("alpha"), h.risk.global_state
+    await h.close()
+    assert st is TradingState.REDUCING and account is TradingState.REDUCING  # (the gateway's limit is the same)
