@@ -57,9 +57,10 @@ class PriceRuleError(ValueError):
 
 Ladder = tuple[tuple[int, int], ...]  # (upper bound exclusive, tick), the last bound open-ended
 _TOP = sys.maxsize
-# the band an order at the market is valued at where the period's is not modelled (KrxRules.judged_limits): the
-# 17-step fixed amounts before 1995-04 ranged 2.2-6.7 % of the base [B1990s]
-UNMODELLED_BAND_PCT = 7
+# the band an order at the market is valued at where the period's is not modelled (KrxRules.judged_limits): KOSPI's
+# 17-step fixed amounts before 1995-04 ranged 2.2-6.7 % of the base [B1990s]; KOSDAQ's before 1996-11 and KONEX's
+# before 2005-03 are not known (UNCONFIRMED): their first modelled band
+UNMODELLED_BAND_PCT = {Market.KOSPI: 7, Market.KOSDAQ: 8, Market.KONEX: 15}
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +295,13 @@ class KrxRules:
         self, base: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI
     ) -> tuple[int, int]:
         """The (lower, upper) prices an order at the market is valued at (risk_rules.notional_price): the day's
-        limits; in a period whose band is not modelled (before 1995-04), base ± UNMODELLED_BAND_PCT, the widest
-        step of that era's fixed amounts rounded up (valued at no limit, every market buy was refused at 9.2e18 KRW
-        a share: a hunt)."""
+        limits; in a period whose band is not modelled (KOSPI before 1995-04, KOSDAQ before 1996-11), base ±
+        UNMODELLED_BAND_PCT of the market (valued at no limit, every market buy was refused at 9.2e18 KRW a share: a
+        hunt)."""
         if self._bands[market] is not None:
             return self.price_limits(base, kind, market)
-        return max(base * (100 - UNMODELLED_BAND_PCT) // 100, 1), base * (100 + UNMODELLED_BAND_PCT) // 100
+        pct = UNMODELLED_BAND_PCT[market]
+        return max(base * (100 - pct) // 100, 1), base * (100 + pct) // 100
 
     def price_limits(
         self, base: int, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI

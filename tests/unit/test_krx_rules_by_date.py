@@ -182,6 +182,8 @@ def test_a_market_buy_before_1995_is_valued_at_the_widest_fixed_step(shared_data
     assert notional_price(Side.BUY, 0, 10_000, rules=r, order_type=OrderType.MARKET) == 10_700
     assert notional_price(Side.SELL, 0, 10_000, rules=r, order_type=OrderType.MARKET) == 9_300
     assert notional_price(Side.BUY, 0, 10_000, rules=rules_for("1995-04-03"), order_type=OrderType.MARKET) == 10_600
+    kosdaq = rules_for("1996-10-01")  # (KOSDAQ's band before 1996-11 is not known: its first modelled one, 8 %)
+    assert notional_price(Side.BUY, 0, 10_000, rules=kosdaq, board=Q, order_type=OrderType.MARKET) == 10_800
     card = flip_card("005930", 10, 100_000_000)
     card = msgspec.structs.replace(card, risk=RiskLimits(max_order_value=5_000_000))
     series = load_codes(shared_data / "krx_daily_1990_2023", ["005930"], dt.date(1995, 4, 12))
