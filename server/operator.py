@@ -536,10 +536,12 @@ class Operator:
         if action is ControlAction.RELOAD:
             return self._reload(msg, err, ack)
         state = STATES[action]
-        # a resume accepts what tripped the state automatically, else the next sweep trips it again
+        # a resume accepts what tripped the state automatically, a reduce what halted it, else the next sweep trips
+        # it again
+        card = self.card_of(msg.agent) if msg.agent else None
         accepted = (
-            gw.risk.accept(msg.agent, self.card_of(msg.agent) if msg.agent else None)
-            if state is TradingState.ACTIVE
+            gw.risk.accept(msg.agent, card, halting_only=state is TradingState.REDUCING)
+            if state in (TradingState.ACTIVE, TradingState.REDUCING)
             else []
         )
         if state is TradingState.ACTIVE and msg.agent and gw.desk.stop_flatten(msg.agent):
@@ -666,7 +668,7 @@ class Operator:
         if gw.risk.global_state is TradingState.HALTED:  # its sells would be denied: say so, start nothing
             return err(
                 ErrorCode.DENIED_HALTED,
-                "the gateway is halted (cancels only): nothing sold; `ktrader control reduce` lets sells "
+                "the gateway is halted (cancels only): nothing sold; `ktrader control reduce --all` lets sells "
                 "through, then flatten again",
             )
         agent = msg.agent
@@ -808,6 +810,13 @@ class Operator:
                 return err(ErrorCode.BAD_MESSAGE, str(e))
             # the drawdown it accepts lifts what a drawdown limit held back: a person must know
             text = f"{msg.agent or 'account'}: equity peak reset {was:,} → {eq:,} (the drawdown from it is accepted)"
+            state = gw.risk.agent_state(msg.agent) if msg.agent else gw.risk.global_state
+            if state is not TradingState.ACTIVE:  # (the peak moved, the state did not: a person must not think so)
+                scope = f"--agent {msg.agent}" if msg.agent else "--all"
+                text += (
+                    f"; {msg.agent or 'the gateway'} stays {state.value}: `ktrader control resume {scope}` lets it "
+                    f"trade again (`reduce {scope}`: sells only)"
+                )
             if unpriced := gw.portfolio.unpriced(msg.agent or None):  # the operator's word stands; say what it is
                 text += f"; {', '.join(unpriced)} had no price yet: valued at cost in it"
             self._tell(AlertKind.OPERATOR, who, f"reset_peak: {text}", msg.agent)

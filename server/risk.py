@@ -221,13 +221,16 @@ class RiskGate:
         self.multiplier = factor
         log.warning("risk multiplier set to %g: %s", factor, why)
 
-    def accept(self, agent: str, card: AgentCard | None) -> list[str]:
+    def accept(self, agent: str, card: AgentCard | None, *, halting_only: bool = False) -> list[str]:
         """An operator resumes `agent` ("" the gateway): what would trip it again at the next sweep
         (a fifth of a lease later, with a second alert, undoing the resume) is accepted as it stands —
         the broker errors (an agent's: the broker's refusals of its orders) counted so far (the kill
         switch), today's loss past the daily limit (a further loss of the limit trips it again), a
         drawdown past its limit (the peaks start again at the equity now, as reset_peak). Persisted;
-        returns what was accepted, for the operator."""
+        returns what was accepted, for the operator. `halting_only` (an operator's reduce): what would
+        halt it again — the kill switch's errors, a drawdown past the halt level — not what only reduces
+        (a reduce over a drawdown halt was halted again with cancels a sweep later, the flatten it was for
+        refused: a hunt)."""
         p, notes = self.portfolio, []
         if agent:
             lim = card.risk if card is not None else RiskLimits()
@@ -242,13 +245,17 @@ class RiskGate:
             if self.broker_errors:
                 notes.append(f"{len(self.broker_errors)} recent broker errors forgiven (kill switch)")
                 self.broker_errors.clear()
-        if lim.max_daily_loss and -pnl >= lim.max_daily_loss:
+        if lim.max_daily_loss and -pnl >= lim.max_daily_loss and not halting_only:
             day = market_day(self.clock)
             with self.store.transaction():
                 self.store.set_meta(_ACCEPTED_KEY + key, f"{day}|{pnl}")
             self.accepted_loss[key] = (day, pnl)
             notes.append(f"today's loss {pnl:,} accepted (a further {lim.max_daily_loss:,} reduces again)")
-        level = pct_bp(lim.max_drawdown_pct) or pct_bp(lim.halt_drawdown_pct)
+        level = (
+            pct_bp(lim.halt_drawdown_pct)
+            if halting_only
+            else pct_bp(lim.max_drawdown_pct) or pct_bp(lim.halt_drawdown_pct)
+        )
         if level and equity and drawdown_bp(equity, self.peaks.peak(peak_key, lim.drawdown_peak)) >= level:
             self.peaks.reset(peak_key, equity)
             notes.append(f"drawdown accepted: the peak starts again at {equity:,}")
