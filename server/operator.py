@@ -764,11 +764,27 @@ class Operator:
         if waiting:
             parts.append(
                 f"the sells of {shares_text(holding)} go out once its open "
-                "orders are closed (a refused sell is alerted)"
+                "orders are closed (a refused sell is alerted)" + self._in_doubt(agent)
             )
         if denied:
             parts.append(f"NOT sold: {refused} ({denied[0].reason_code}: {denied[0].reason})")
         return ack(f"{agent}: flatten: {'; '.join(parts) or 'nothing sent'}{notes}")
+
+    def _in_doubt(self, agent: str) -> str:
+        """What a flatten's sells wait for beyond its cancels: the agent's orders in doubt (sent, outcome unknown:
+        no cancel can reach them) until reconciliation finds them at the broker or gives up on them (a flatten sold
+        nothing for 10 minutes behind a resting buy in doubt, its reply saying only 'once its open orders are
+        closed': a hunt). Its sells could otherwise meet its own order at the exchange."""
+        gw = self.gw
+        doubt = [o for o in gw.book.orders.values() if o.agent == agent and o.state is OrderState.UNKNOWN]
+        if not doubt:
+            return ""
+        last = max(o.updated_ns for o in doubt) + gw.recon.unknown_grace_ns
+        ids = ", ".join(o.client_order_id for o in doubt[:3]) + (" ..." if len(doubt) > 3 else "")
+        return (
+            f"; they wait for {ids} (sent, outcome unknown: no cancel reaches it) until reconciliation finds it at "
+            f"the broker, or by {when_text(last, gw.book.now_ns())} does not"
+        )
 
     def _market_refusal(self) -> tuple[ErrorCode, str] | None:
         """Why no sell of today's session can go now, whoever places it (the risk gate's own rules:
