@@ -305,3 +305,32 @@ def test_replayed_and_stale_frames_are_refused_and_counted(gateway) -> None:
         assert fetch_status(run).orders_today >= 1
     finally:
         c.close()
+
+
+def test_approving_a_running_agents_changed_card_says_it_runs_under_the_old_one(
+    gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a hunt) `ktrader cards approve` of a running agent's tightened card printed 'approved ... budget 3,000,000'
+    while the agent went on under its old card (budget 20 M) until a reload or its next registration, which then
+    refused the old card and made it exit mid-session. It says so, and the reload that applies it now."""
+    from tools.ops import approve
+
+    run, _ = gateway
+    old = card("tighten", budget=20_000_000, max_order_value=2_000_000)
+    c = agent_client(run, old)
+    try:
+        assert isinstance(register(c, old), Registered)
+        path = tmp_path / "tighten.toml"
+        path.write_text(
+            'id = "tighten"\nname = "tighten"\nstrategy = "tests.strategies.scripted:Scripted"\ncodes = ["005930"]\n'
+            "budget = 3_000_000\n[risk]\nmax_order_value = 500_000\n"
+        )
+        assert approve.main([path], run, yes=True) == 0
+        out = capsys.readouterr().out
+        assert "approved tighten" in out
+        assert (
+            f"note: tighten is running under its previous card: `ktrader control reload --agent tighten --card {path}`"
+            in out
+        ), out
+    finally:
+        c.close()

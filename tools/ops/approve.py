@@ -15,7 +15,7 @@ import typer
 from common import approvals, credentials
 from common.clock import KST
 from common.config import AgentCard, BrokerEnv, ConfigError, load_card
-from common.enums import AgentMode
+from common.enums import AgentMode, AgentState
 from server.run_folder import foreign_folder, ktrader_marks
 
 if TYPE_CHECKING:
@@ -138,10 +138,11 @@ def confirm_real(
     return 0
 
 
-def _say_changes(run_dir: Path, cards: list[AgentCard]) -> None:
+def _say_changes(run_dir: Path, cards: list[AgentCard]) -> list[str]:
     """What an approval replaces, before it is made (and before a real account's question): each limit
-    or parameter that moves, old → new; a card approved as it stands, said so."""
+    or parameter that moves, old → new; a card approved as it stands, said so. Returns the ids that change."""
     held = approvals.load(run_dir).cards if approvals.exists(run_dir) else {}
+    changed = []
     for card in cards:
         before = held.get(card.id)
         if before is None:
@@ -150,6 +151,7 @@ def _say_changes(run_dir: Path, cards: list[AgentCard]) -> None:
         if not changes:
             typer.echo(f"{card.id}: the card is the one approved already (nothing changes)")
             continue
+        changed.append(card.id)
         typer.echo(f"{card.id}: changes from the approved card:")
         for line in changes:
             typer.echo(f"  {line}")
@@ -157,6 +159,26 @@ def _say_changes(run_dir: Path, cards: list[AgentCard]) -> None:
             typer.echo(
                 f"  the mode switch applies at {card.id}'s next start, and the gateway refuses it while the agent "
                 "holds shares, has open orders or traded today: flatten it first, or start it the next trading day"
+            )
+    return changed
+
+
+def _say_running(run_dir: Path, changed: dict[str, Path]) -> None:
+    """Agents whose approved card changed and that run now (the gateway's status, if one answers): they keep their
+    old card until a reload or their next registration, which then refuses their old card (an approval of tighter
+    limits read as done while the agent went on under the old ones, then exited 7 mid-session at a lease lapse: a
+    hunt). Nothing said when no gateway answers (the next start takes the approved card)."""
+    from tools.ops.status import fetch_status
+
+    try:
+        st = fetch_status(run_dir, timeout_s=2.0)
+    except Exception:  # noqa: BLE001  (no gateway running, or not answering: nothing is running under a card)
+        return
+    for a in st.agents:
+        if a.id in changed and a.state is AgentState.ONLINE:
+            typer.echo(
+                f"note: {a.id} is running under its previous card: `ktrader control reload --agent {a.id} --card "
+                f"{changed[a.id]}` applies this one now (else its next registration refuses the old card and it exits)"
             )
 
 
@@ -202,7 +224,7 @@ def main(
             return 2
         if warnings:
             typer.echo(f"note: {warnings} warnings (ktrader cards check CARD shows them)", err=True)
-        _say_changes(run_dir, [c for _, c in cards])
+        changed = _say_changes(run_dir, [c for _, c in cards])
         refused = confirm_real(run_dir, [c for _, c in cards], yes, ask, env)
         if refused:
             return refused
@@ -216,6 +238,8 @@ def main(
             f"(sha256 {a.sha256[:12]})"
         )
         typer.echo(f"  credential {credentials.credential_path(run_dir, a.card.id)}")
+    if changed:
+        _say_running(run_dir, {c.id: path for path, c in cards if c.id in changed})
     return 0
 
 
