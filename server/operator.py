@@ -508,6 +508,12 @@ class Operator:
             ControlAction.CANCEL_ALL,
             ControlAction.FLATTEN,
             ControlAction.RELOAD,
+            # (no order of it goes through the gateway to pause, reduce or halt: a pause was 'accepted' with a text
+            # about its orders working on, a halt 'cancelled' none of its open orders: a hunt)
+            ControlAction.PAUSE,
+            ControlAction.REDUCE,
+            ControlAction.RESUME,
+            ControlAction.HALT,
         ):
             return err(
                 ErrorCode.UNKNOWN_AGENT,
@@ -515,8 +521,13 @@ class Operator:
             )
         if action is ControlAction.CANCEL_ALL:
             targets = [msg.agent] if msg.agent else gw.book.open_agents()
+            was_held = [c for c, o in gw.book.orders.items() if o.agent in targets and o.state is OrderState.HELD]
             n, spared = self._cancel_all(targets)
-            text = f"{n} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents")
+            # (held ones it ended were never sent: no cancel went to the broker; a halt's reply counts them apart too)
+            held = sum(1 for c in was_held if (o := gw.book.orders.get(c)) is None or not o.is_open)
+            text = f"{n - held} cancels sent" + (f" for {msg.agent}" if msg.agent else f" for {len(targets)} agents")
+            if held:
+                text += f"; {held} orders held for the next session cancelled (never sent)"
             if spared:
                 text += f"; {spared} protective exits keep working: cancel_protection stops one"
             if going := [a for a in targets if gw.desk.is_flattening(a)]:
@@ -587,9 +598,10 @@ class Operator:
                 "gateway is resumed (resume --all)" + "".join(f"; {a}" for a in accepted)
             )
         if not msg.agent and state is TradingState.ACTIVE:  # agents paused one by one stay so: say which
-            held = sorted(f"{a} {s}" for a, s in gw.risk.states.items() if a != GLOBAL and s is not TradingState.ACTIVE)
-            if held:
-                text += f"; still not active: {', '.join(held)} (resume --agent ID)"
+            states = gw.risk.states.items()
+            still = sorted(f"{a} {s}" for a, s in states if a != GLOBAL and s is not TradingState.ACTIVE)
+            if still:
+                text += f"; still not active: {', '.join(still)} (resume --agent ID)"
         if action is not ControlAction.HALT:
             self._tell(AlertKind.OPERATOR, h.sender, f"{action.value}: {text}", msg.agent)
         return ack(text)
@@ -627,8 +639,9 @@ class Operator:
         held_exits = sum(1 for o in ours if is_gateway_exit(o) and o.state is OrderState.HELD)
         # HALTED with the cancels an automatic halt makes too (server/core.py), in the same transaction: a
         # crash between the two left the scope halted with its resting orders working
-        n = self.gw.risk.set_state(agent, TradingState.HALTED, why=why, cancel=True)
-        if n:
+        # (its count takes in the held orders it cancels: never sent, no cancel goes to the broker for them)
+        n = self.gw.risk.set_state(agent, TradingState.HALTED, why=why, cancel=True) - held
+        if n > 0:
             text = f"{n} cancels sent" + ("" if agent else f" for {len(targets)} agents") + " (every open order)"
         else:
             text = "no open orders to cancel"
@@ -666,10 +679,11 @@ class Operator:
         a paused agent stays paused and no loss is accepted for it."""
         gw, h = self.gw, msg.h
         if gw.risk.global_state is TradingState.HALTED:  # its sells would be denied: say so, start nothing
+            paused = gw.risk.paused()  # (a pause --all is no kill switch: its open orders work on)
             return err(
                 ErrorCode.DENIED_HALTED,
-                "the gateway is halted (cancels only): nothing sold; `ktrader control reduce --all` lets sells "
-                "through, then flatten again",
+                f"the gateway is {'paused (new orders refused)' if paused else 'halted (cancels only)'}: nothing "
+                "sold; `ktrader control reduce --all` lets sells through, then flatten again",
             )
         agent = msg.agent
         rec = gw.registry.agents.get(agent)
@@ -998,6 +1012,14 @@ class Operator:
             )
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
+        run_dir = self.gw.cfg.run_dir
+        if approvals.exists(run_dir) and msg.agent not in approvals.load(run_dir).cards:
+            # (a reload approves: another operator's reload gave back the credential a revoke had taken, unsaid)
+            return err(
+                ErrorCode.BAD_CARD,
+                f"{msg.agent}'s approval was withdrawn (ktrader keys revoke): nothing changed; approve its card "
+                "(ktrader cards approve CARD) to let it trade again",
+            )
         fields = "; ".join(approvals.card_diff(a, b))
         if _is_preview(msg) or msg.value.startswith(RELOAD_EXPECT):
             would = _joined(fields, self._reload_effects(msg.agent, old, new, apply=False))
@@ -1043,6 +1065,9 @@ class Operator:
         # (the limits are the gateway's at once; the params reach the strategy if the code it runs accepts them: a
         # Params class changed on disk since it started refuses them, said in its status' last error)
         tail = "; the agent applies the params if its running strategy accepts them" if "params" in changed else ""
+        if (state := self.gw.risk.agent_state(msg.agent)) is not TradingState.ACTIVE:
+            # (a lifted limit does not lift the state it tripped: buys stayed denied, unsaid: a hunt)
+            tail += f"; {msg.agent} stays {state.value}: `ktrader control resume --agent {msg.agent}` trades again"
         return ack(f"{msg.agent}: reloaded {diff}{tail}")
 
     def _reload_effects(self, agent: str, old: AgentCard, new: AgentCard, apply: bool) -> list[str]:

@@ -39,7 +39,7 @@ async def test_halt_external(tmp_path: Path) -> None:
     ext = [o for o in h.book.orders.values() if o.agent == "external"]
     assert ext and ext[0].is_open, ext
     d = Desk(h, tmp_path / "run", [ALPHA])
-    assert "left alone" in d.ack("halt", "external")
+    assert "act on it where it was placed" in d.error("halt", "external").message  # (nothing of it goes through us)
     await asyncio.sleep(0.2)
     await h.store.durable()
     await crash(h)

@@ -79,3 +79,15 @@ async def test_a_reduce_over_the_kill_switch_lets_the_flatten_sell(tmp_path: Pat
         await h.settle(lambda: not (p := h.portfolio.position("alpha", "005930")) or not p.qty)  # sold
     finally:
         await h.close()
+
+
+async def test_a_flatten_refused_under_a_pause_says_paused(tmp_path: Path) -> None:
+    """(a hunt) Under `pause --all` (new orders refused, the open ones working on) the flatten's refusal said 'the
+    gateway is halted (cancels only)', the kill switch's words."""
+    h, d = await _holding(tmp_path)
+    try:
+        d.ack("pause", all=True)
+        refused = d.error("flatten", "alpha")
+        assert refused.message.startswith("the gateway is paused (new orders refused): nothing sold"), refused
+    finally:
+        await h.close()

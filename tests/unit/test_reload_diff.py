@@ -203,3 +203,35 @@ async def test_a_confirmation_is_refused_when_the_card_in_force_changed_since_it
         assert d.op.card_of("alpha") == cut
     finally:
         await h.close()
+
+
+async def test_a_reload_of_a_revoked_agent_is_refused_and_one_over_a_tripped_limit_says_the_state_stands(
+    tmp_path: Path,
+) -> None:
+    """(a hunt) A reload approves the card: another operator's reload of an agent whose key was revoked gave back
+    its credential and approval, unsaid. And a reload lifting the daily-loss limit an agent breached said only
+    'reloaded risk.max_daily_loss ...' while the agent stayed reducing, its buys denied."""
+    from common import approvals
+    from common.enums import TradingState
+    from common.ids import EXTERNAL_AGENT
+    from common.schema import PositionView
+
+    h, d = await _desk(tmp_path)
+    try:
+        run = tmp_path / "run"
+        approvals.approve(run, [ALPHA], by="test")
+        approvals.withdraw(run, "alpha")  # (ktrader keys revoke alpha)
+        r = d.error("reload", "alpha", card=RAISED)
+        assert "alpha's approval was withdrawn (ktrader keys revoke): nothing changed" in r.message, r
+        assert d.op.card_of("alpha") == ALPHA and "alpha" not in approvals.load(run).cards
+        approvals.approve(run, [ALPHA], by="test")
+        h.risk.set_state("alpha", TradingState.REDUCING, why="day P&L breached the loss limit")
+        said = d.ack("reload", "alpha", card=RAISED)
+        assert said.endswith("; alpha stays reducing: `ktrader control resume --agent alpha` trades again"), said
+        # nor is 'external' (trades outside ktrader) paused, reduced, resumed or halted: nothing of it goes through
+        held = PositionView(code="005930", qty=5, cost=350_000, realized_pnl=0, fees=0)
+        h.portfolio.set_position(EXTERNAL_AGENT, held, traded=False)  # (shares held before ktrader: it is known)
+        for action in ("pause", "reduce", "resume", "halt"):
+            assert "act on it where it was placed" in d.error(action, "external").message
+    finally:
+        await h.close()

@@ -88,9 +88,9 @@ def agent(
 
 @keys_app.command("revoke")
 def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
-    """Forget an agent's key and credential and withdraw its card's approval: new connections and
-    registrations with it are refused (a connected agent stays until it disconnects; restart the gateway
-    to drop it at once). The approval goes too, or the gateway's next start would issue the agent a
+    """Forget an agent's key and credential and withdraw its card's approval: its connections and registrations
+    are refused, a running agent's heartbeats too (it exits within seconds, code 2: a supervisor does not restart
+    it; its open orders keep working). The approval goes too, or the gateway's next start would issue the agent a
     fresh credential (it issues one to every approved agent)."""
     try:
         curve.check_agent_name(agent_id)
