@@ -175,7 +175,8 @@ class WebhookConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     url_env: str = ""
     shape: WebhookShape = WebhookShape.JSON
     chat_id: str = ""  # telegram only
-    timeout_s: Timeout = 5.0
+    timeout_s: Timeout = 5.0  # the connect, and the message's write
+    answer_s: Timeout = 60.0  # its answer once the message is sent (a receiver may work before it answers)
 
 
 class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -187,7 +188,8 @@ class SmtpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     ssl: bool = False  # SMTPS (usually port 465)
     username: str = ""
     password_env: str = ""  # the name of the environment variable holding the password (never in the file)
-    timeout_s: Timeout = 10.0
+    timeout_s: Timeout = 10.0  # each command before the message (the connect, the greeting, TLS, the login)
+    data_reply_s: Timeout = 180.0  # the answer to the message's end: the server's checks (RFC 5321: up to 10 min)
     # a CA bundle (PEM) to trust beyond the system's, for a server whose certificate they do not vouch for (a
     # company's own mail server); "": the system's. The server's certificate is always checked under ssl/starttls
     ca_file: str = ""

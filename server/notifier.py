@@ -193,7 +193,10 @@ class WebhookChannel:
         # owe it): a digest of the URL and the chat (one bot, several chats), never the URL (a secret)
         reaches = "\0".join((self.url, cfg.chat_id)).encode()
         self.ident = f"{self.name}:{hashlib.sha256(reaches).hexdigest()[:16]}"
-        self.deadline_s = cfg.timeout_s * 2  # a connect and an answer, each within the timeout
+        # a connect and the message's write within the timeout; its answer may take longer (a receiver that
+        # processes before it answers: cut at 5 s, a delivered alert was sent 8 times in 100 s, a hunt)
+        self.timeout = httpx.Timeout(cfg.timeout_s, read=max(cfg.timeout_s, cfg.answer_s))
+        self.deadline_s = cfg.timeout_s * 2 + max(cfg.timeout_s, cfg.answer_s)
         self._client: httpx.AsyncClient | None = None
 
     def body(self, alert: Alert, text: str) -> dict[str, object]:
@@ -214,7 +217,7 @@ class WebhookChannel:
         if not self.url:
             raise SendError("no URL", f"environment variable {self.cfg.url_env!r} is empty", config=True)
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s)
+            self._client = httpx.AsyncClient(timeout=self.timeout)
         try:
             r = await self._client.post(self.url, json=self.body(alert, text))
         except httpx.HTTPError as e:  # the message only: an httpx error can quote the URL (a secret)
@@ -255,7 +258,7 @@ class SmtpChannel:
         self.ident = f"{self.name}:{','.join(sorted(cfg.to))}"  # (as the webhook's: who it reaches)
         # the connect, the greeting, TLS, the login and the message, each within the timeout (a slow but healthy
         # server is not cut: a send past it is a failed try, tried again)
-        self.deadline_s = cfg.timeout_s * 6
+        self.deadline_s = cfg.timeout_s * 5 + cfg.data_reply_s
         # the EHLO name, as smtplib's: this host's FQDN, a reverse DNS lookup that may take seconds (a dead name
         # server) or fail (a name idna cannot encode): looked up once on a thread of its own, never waited for (a send
         # before it answers, or when it failed, says the host's own name)
@@ -275,6 +278,10 @@ class SmtpChannel:
         msg["From"] = self.cfg.sender
         msg["To"] = ", ".join(self.cfg.to)
         msg["Subject"] = alert.line(self.gateway)[:120]
+        # (RFC 5322 requires Date; mail servers refuse or score a message without it or a Message-ID, and a mail
+        # client sorts a late backlog by it: a hunt)
+        msg["Date"] = email.utils.format_datetime(kst_from_ns(alert.ts_ns))
+        msg["Message-ID"] = email.utils.make_msgid("ktrader", domain=self._helo or _PLAIN_HELO)
         when = kst_from_ns(alert.ts_ns).strftime("%Y-%m-%d %H:%M:%S KST")
         msg.set_content(f"{text}\n\nkind: {alert.kind.value}\nagent: {alert.agent or '-'}\ntime: {when}\n")
         return msg
@@ -284,25 +291,44 @@ class SmtpChannel:
         # connection at once. smtplib blocked a thread that cannot be stopped: a server dripping its greeting a byte
         # a second held the channel, and the stopped gateway's exit (the default pool is waited for), for as long.
         c = self.cfg
+        smtp = aiosmtplib.SMTP(
+            hostname=c.host,
+            port=c.port,
+            username=c.username or None,
+            password=(os.environ.get(c.password_env, "") if c.password_env else "") if c.username else None,
+            use_tls=c.ssl,
+            # starttls: always; else with a login, whenever the server offers it (False sent the password in clear
+            # to a server offering STARTTLS: a hunt); without one (a local relay), never
+            start_tls=False if c.ssl else (True if c.starttls else (None if c.username else False)),
+            cert_bundle=c.ca_file or None,
+            timeout=c.timeout_s,
+            local_hostname=self._helo or _PLAIN_HELO,
+        )
         try:
-            await aiosmtplib.send(
-                self.message(alert, text),
-                hostname=c.host,
-                port=c.port,
-                username=c.username or None,
-                password=(os.environ.get(c.password_env, "") if c.password_env else "") if c.username else None,
-                use_tls=c.ssl,
-                start_tls=c.starttls and not c.ssl,  # (False: never, also when the server offers it)
-                cert_bundle=c.ca_file or None,
-                timeout=c.timeout_s,
-                local_hostname=self._helo or _PLAIN_HELO,
-            )
+            # (the connect, greeting, TLS and login within their share of the deadline: a server dripping its
+            # greeting holds no one for the message's answer time)
+            await asyncio.wait_for(smtp.connect(), c.timeout_s * 4)
+            try:
+                # the answer to the message's end waits for the server's checks (RFC 5321: up to 10 min): cut at
+                # the command timeout, a delivered message was sent again and again (a hunt)
+                refused, _ = await smtp.send_message(self.message(alert, text), timeout=c.data_reply_s)
+            finally:
+                smtp.close()
+        except TimeoutError:
+            raise SendError("timed out", f"no connection and login within {c.timeout_s * 4:.0f} s") from None
         except (OSError, aiosmtplib.SMTPException) as e:
             # refused credentials or addresses do not heal by retrying: a configuration problem
             config = isinstance(
                 e, (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPSenderRefused)
             )
             raise SendError(type(e).__name__, str(e), config=config) from None
+        if refused:  # (some of several recipients: the others have it; a typo'd address must not pass unsaid)
+            log.error(
+                "%s: the server refused %s for alert %s: check [[notify.smtp]] to",
+                self.name,
+                sorted(refused),
+                alert.kind.value,
+            )
 
     async def close(self) -> None:
         pass
@@ -343,6 +369,10 @@ CRITICAL: frozenset[AlertKind] = frozenset(
     }
 )
 
+# kept until delivered, however late: the critical ones, and the all-clear that ends an alarm kept so (given up, a
+# backlog's last word was the alarm: 'BROKER SESSION DOWN' an hour after the session came back, a hunt)
+KEPT: frozenset[AlertKind] = CRITICAL | {AlertKind.RECOVERED}
+
 # the gateway's own life: told by each process of itself, never sent again by the next (Notifier.undelivered)
 _LIFE = frozenset({AlertKind.GATEWAY_STARTED, AlertKind.GATEWAY_STOPPING, AlertKind.GATEWAY_RESTARTED})
 BACKOFF_FIRST_S = 1.0  # a failed send is tried again after 1, 2, 4 ... s
@@ -355,6 +385,7 @@ GIVE_UP_S = 900.0
 # messages; a critical alert delivered by no channel this long: the heartbeat pings its failure URL
 OUTAGE_ALERT_S = 60.0
 SEND_DEADLINE_S = 30.0  # one send in all, for a channel that names no deadline of its own (Channel.deadline_s)
+LATE_S = 60.0  # a message sent this long after its alert was raised says when it was raised
 HEARTBEAT_TIMEOUT_S = 10.0  # one heartbeat ping at most this long (and never longer than heartbeat_s)
 STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
 POLL_S = 0.2  # a waiting sender re-reads the clock at least this often (the clock may be a test's)
@@ -609,15 +640,24 @@ class _Lane:
             )
         return f"\n({'; '.join(lost)}; see the console)" if lost else ""
 
+    def _late(self, it: _Item, now: float) -> str:
+        """When a message late after its alert (a channel's outage, a backlog sent critical first) was raised: the
+        reader can put the alarms and their all-clears in order (a backlog read 'BROKER SESSION DOWN' last, an
+        hour after the session came back, with no time: a hunt)."""
+        if now - it.raised_at < LATE_S or it.alert.earlier:  # (an earlier gateway's says so already)
+            return ""
+        return f" (raised {kst_from_ns(it.alert.ts_ns):%H:%M:%S} KST, {(now - it.raised_at) / 60:.0f} min ago)"
+
     def _text(self, batch: list[_Item], why: str) -> str:
         primary, riders = batch[0], batch[1:]
         tail = self._tail()
-        text = primary.alert.line(self.owner.gateway)[: TEXT_MAX - 400]  # room for the list's head and tail
+        now = self.owner.clock()
+        text = primary.alert.line(self.owner.gateway)[: TEXT_MAX - 400] + self._late(primary, now)  # (room left)
         if riders:
             text += f"\n(+{len(riders)} more alerts {why}, oldest first:"
             listed = 0
             for it in riders[:LIST_MAX]:
-                line = f"\n- {it.alert.line()[:200]}"
+                line = f"\n- {it.alert.line()[:200]}{self._late(it, now)}"
                 if len(text) + len(line) + len(tail) + 80 > TEXT_MAX:
                     break
                 text, listed = text + line, listed + 1
@@ -770,18 +810,19 @@ class _Lane:
         old = [it for it in self.queue if now - it.raised_at >= GIVE_UP_S]
         if not old:
             return
-        kept = [it for it in old if it.alert.kind in CRITICAL]
+        kept = [it for it in old if it.alert.kind in KEPT]
         for it in kept:
             if not it.overdue:
                 it.overdue = True
                 log.error(
-                    "%s: critical alert %s not delivered for %.0f s: kept, retried until it goes out (%s)",
+                    "%s: %s alert %s not delivered for %.0f s: kept, retried until it goes out (%s)",
                     self.name,
+                    "critical" if it.alert.kind in CRITICAL else "all-clear",
                     it.alert.kind.value,
                     now - it.raised_at,
                     self.health.last_error or "no error yet",
                 )
-        old = [it for it in old if it.alert.kind not in CRITICAL]
+        old = [it for it in old if it.alert.kind not in KEPT]
         if not old:
             return
         for it in old:

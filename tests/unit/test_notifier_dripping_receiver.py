@@ -63,7 +63,8 @@ async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
 
 async def test_a_dripping_webhook_is_a_failed_try_not_a_channel_stuck_ok() -> None:
     drip = Drip(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 10_000)
-    n = Notifier(NotifyConfig(webhooks=[WebhookConfig(url=f"http://127.0.0.1:{drip.port}/hook", timeout_s=0.3)]))
+    hook = WebhookConfig(url=f"http://127.0.0.1:{drip.port}/hook", timeout_s=0.3, answer_s=0.3)
+    n = Notifier(NotifyConfig(webhooks=[hook]))
     task = asyncio.create_task(n.run())
     try:
         assert n.alert(AlertKind.HALT, "halted by op")
