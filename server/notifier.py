@@ -133,13 +133,23 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
+# an SMTP failure no retry heals: a setting does not fit the server (starttls to a server not offering it, ssl to a
+# plain port, a login where it takes none, a certificate not trusted: ca_file): told as a configuration problem
+_SMTP_SETTING_WRONG = (
+    "STARTTLS extension not supported",
+    "AUTH extension is not supported",
+    "WRONG_VERSION_NUMBER",
+    "CERTIFICATE_VERIFY_FAILED",
+)
+
+
 def refused_for_good(status: int) -> bool:
     """A refusal that retrying will not heal: any 4xx but 408 (a timeout) and 429 (too many requests). A wrong
     URL, a revoked token, a wrong chat id (Telegram answers 400 "chat not found" and 403 "bot was blocked"),
     or a text the receiver cannot take (a JSON receiver's 422, Telegram's 400 "can't parse entities"). Still
     retried (the operator may fix the receiver's side), but logged at ERROR at once as a configuration
     problem; a critical alert refused so for GIVE_UP_S while the channel delivers others is given up."""
-    return 400 <= status < 500 and status not in (408, 429)
+    return (400 <= status < 500 and status not in (408, 429)) or status in (301, 308)  # (a moved URL: fix it)
 
 
 RETRY_AFTER_MAX_S = 600.0  # a receiver's Retry-After is honoured up to this long (a bad value never parks a channel)
@@ -320,7 +330,7 @@ class SmtpChannel:
             # refused credentials or addresses do not heal by retrying: a configuration problem
             config = isinstance(
                 e, (aiosmtplib.SMTPAuthenticationError, aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPSenderRefused)
-            )
+            ) or any(m in str(e) for m in _SMTP_SETTING_WRONG)
             raise SendError(type(e).__name__, str(e), config=config) from None
         if refused:  # (some of several recipients: the others have it; a typo'd address must not pass unsaid)
             log.error(

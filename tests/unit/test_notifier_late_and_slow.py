@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 import server.notifier as notifier_mod
 from common.config import NotifyConfig, SmtpConfig, WebhookConfig
@@ -98,6 +101,27 @@ async def test_alert_mail_has_a_date_and_a_message_id() -> None:
         await until(lambda: smtp.mails, 10.0)
         mail = smtp.mails[0]
         assert re.search(r"\+0900$", mail["Date"]) and re.fullmatch(r"<.+@.+>", mail["Message-ID"]), dict(mail)
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        smtp.close()
+
+
+async def test_an_smtp_setting_the_server_does_not_take_is_a_configuration_problem(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """(a hunt) starttls to a server not offering it (or ssl to a plain port, a login where it takes none, an
+    untrusted certificate) was retried for ever as a transient failure, its status like any other."""
+    caplog.set_level(logging.WARNING, logger="ktrader.notifier")
+    smtp = SmtpSink()
+    cfg = SmtpConfig(host="127.0.0.1", port=smtp.port, sender="k@localhost", to=["desk@localhost"], starttls=True)
+    n = Notifier(NotifyConfig(smtp=[cfg]))
+    task = asyncio.create_task(n.run())
+    try:
+        assert n.alert(AlertKind.HALT, "gateway is halted (by ktrader-control)")
+        await until(lambda: n.counters["failed"] >= 1, 10.0)
+        assert any(k.endswith("config_error") for k in n.status()), n.status()
+        assert any("a configuration problem" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     finally:
         task.cancel()
         await asyncio.wait([task], timeout=5)
