@@ -181,6 +181,33 @@ def agent_run(ctx: typer.Context) -> None:
     raise typer.Exit(agent_main(list(ctx.args)))
 
 
+@app.command("notify-test")
+def notify_test(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
+) -> None:
+    """Send a test message through every channel of [notify] (webhooks, Telegram, Slack, e-mail) and say which
+    delivered it and why not. Exit 1 if any failed, 2 if none is configured."""
+    import asyncio
+
+    from common.config import ConfigError, load_gateway_config
+    from tools.ops.notify_test import send_test
+
+    try:
+        cfg = load_gateway_config(config, check_env=True)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not (cfg.notify.webhooks or cfg.notify.smtp):
+        typer.echo(
+            "no channel in [notify] of the gateway config: alerts stay on the console and the web page", err=True
+        )
+        raise typer.Exit(2)
+    tried = asyncio.run(send_test(cfg.notify, cfg.run_dir))
+    for t in tried:
+        typer.echo(f"{t.channel}: {'delivered' if t.ok else 'NOT delivered: ' + t.why}")
+    raise typer.Exit(0 if all(t.ok for t in tried) else 1)
+
+
 @app.command()
 def doctor(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
