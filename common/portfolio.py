@@ -83,6 +83,7 @@ class CashMark:
 
     paid: int  # Σ of every rise of the account's spending (buys and their fees) booked so far
     traded: int  # Σ |traded value| of the account's fills booked so far
+    received: int = 0  # Σ of every fall of it (sells' proceeds net of their fees and tax) booked so far
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,10 @@ class Portfolio:
         self.cash_flows = 0  # money moved in (+) or out (-) seen by the account reads, not yet taken (take_cash_flows)
         self._kept: tuple[int, int, tuple[int, int]] | None = None  # the last process's last read (keep_cash)
         self._paid = 0  # Σ rises of the account's spending (CashMark.paid)
+        self._received = 0  # Σ falls of it (CashMark.received)
+        # how far the cash base may be under the broker's cash: the fills of the flight of the read that set it,
+        # when no totals could tell which of them its answer counted (set_account_cash)
+        self._base_low = 0
         self._traded = 0  # Σ |value| of the fills of the account's orders of today (CashMark.traded)
         # trading day → [bought, sold]: the account's traded value by the day of the orders that traded, the
         # day the broker counts their fills in whenever the books book them (a late close's fills booked after
@@ -296,7 +301,6 @@ class Portfolio:
         self._open: dict[str, Order] = {}  # client order id → open order (what a read may meet: _open_value)
         self._day_started = False  # roll_day has run: the books' "today" is known
         self._last_mark: CashMark | None = None  # the last read's
-        self.reads_passed = 0  # reads in a row not used: their flight's fills explain them (set_account_cash)
         # the last read's cash jump is held in doubt because the broker's day totals are ahead of the books' (a trade
         # in the KIS app reconciliation has not booked): the equity without that doubt is the true one (equity_bounds)
         self.ahead = False
@@ -557,7 +561,7 @@ class Portfolio:
             + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector, held=held) if bk.market_qty or held else 0),
             equity=(eq := self.equity() or 0) and (self.without_doubt(eq) if self.ahead else eq),
-            equity_doubt=0 if self.ahead else self.cash_doubt[1],
+            equity_doubt=(0 if self.ahead else self.cash_doubt[1]) + self._base_low,
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
             cash_estimated=estimated,
             sellable_qty=self.account_sellable(code),
@@ -633,6 +637,8 @@ class Portfolio:
         if agent not in self.virtual:
             if traded and dspent > 0:
                 self._paid += dspent
+            elif traded and dspent < 0:
+                self._received -= dspent
             elif not traded and dspent:
                 self._spent_at_base += dspent
                 if self._kept is not None:  # (the last process's read, for the first read's comparison)
@@ -901,11 +907,9 @@ class Portfolio:
 
     def cash_mark(self) -> CashMark:
         """The books' cash counters now: taken before an account read is sent, passed to set_account_cash."""
-        return CashMark(paid=self._paid, traded=self._traded)
+        return CashMark(paid=self._paid, traded=self._traded, received=self._received)
 
-    def set_account_cash(
-        self, cash: int, mark: CashMark | None = None, bought: int = -1, sold: int = -1, *, must_use: bool = False
-    ) -> None:
+    def set_account_cash(self, cash: int, mark: CashMark | None = None, bought: int = -1, sold: int = -1) -> None:
         """The broker's settlement cash `cash`: the books' fills move it from here.
 
         Without `mark`: the account's cash is `cash` now (an operator's re-base, a test).
@@ -926,9 +930,9 @@ class Portfolio:
         missing fills) — are not used: then every spending the books booked after
         `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
         so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
-        can only be under its value. Such a read with fills in its flight that the flight explains is not used at
-        all when a read before it was (the books' cash from that one is exact), unless `must_use` (a read asked
-        for at once: the broker refused a buy for cash, money may have left the account).
+        can only be under its value. Its base may then be under the broker's cash by up to its flight's fills
+        (`_base_low`): the next read's jump is judged less what the two flights explain, and the drawdown on the
+        equity plus it (`equity_bounds`).
 
         Either way, a read moves the equity by no trade of its own (a fill swaps cash for shares): a
         change of the cash estimate at the read beyond what the last read's doubt explains is held as
@@ -946,19 +950,9 @@ class Portfolio:
             before, self.cash_doubt = self.cash_before_read(), self._kept[2]
         self._kept = None
         uncounted = self._uncounted(bought, sold)
-        # what the fills of the read's flight may have moved the broker's answer by: buys with their fees, sells
-        flight = self._paid - mark.paid + self._traded - mark.traded if self._traded != mark.traded else 0
-        if uncounted is None and flight and before is not None and self.cash_base is not None and not must_use:
-            # fills booked in its flight, and no totals to tell which of them the answer counted: it is low by
-            # between none and all of them, and the next read's jump back, masked by its own flight's, read as money
-            # moved out then in (paper accounts leave the totals blank; a paper account trading through every read
-            # told it all day: a hunt, a review). A read the flight explains says nothing the books' cash from the
-            # last read's base does not (exact): passed over. One lower than the flight explains (money left, a fill
-            # the books missed) or higher (money came) is used as below: low, never high
-            if -flight <= cash - (self._paid - mark.paid) - before <= 0:
-                self.reads_passed += 1
-                return
-        self.reads_passed = 0
+        # with no totals to line it up, how far the read may be under the broker's cash: the buys (with fees) of
+        # its flight the answer counted are taken off whatever it saw, and its sells' proceeds it may not have yet
+        low = self._paid - mark.paid + self._received - mark.received if uncounted is None else 0
         if uncounted is None:
             uncounted = self._paid - mark.paid
             self._credit = 0
@@ -969,16 +963,22 @@ class Portfolio:
         self._spent_at_base = spent - uncounted
         self._last_mark = mark
         self.ahead = ahead and before is not None
+        jump = 0
+        if before is not None:
+            # the estimate's move at this read less what the flights explain: this base may be under the broker's
+            # cash by up to `low`, the last one by up to `_base_low` (two reads in a row with fills in their
+            # flights, a paper account's, told 'money moved out' then 'in': a hunt, a review)
+            jump = _nearest_zero(cash - uncounted - before - self._base_low, cash - uncounted - before + low)
+        self._base_low = low
         if self.ahead:
             # the broker's cash moved with trades the books have not booked yet (the KIS app's buy: reconciliation
             # books it at its next pass, the books' cash then jumps back): the jump is held in doubt with the last
             # one's, nothing told until the totals line up (one told before the app's buy was booked, and again
             # after it: 'money moved out' then 'in' by its value, a hunt)
             up, down = self.cash_doubt
-            held = up - down + cash - uncounted - before  # type: ignore[operator]  # (before: not None when ahead)
+            held = up - down + jump
             self.cash_doubt = (max(0, held), max(0, -held))
         elif before is not None:
-            jump = cash - uncounted - before
             up, down = self.cash_doubt
             self.cash_doubt = (max(0, jump - down), max(0, -jump - up))
             # the last read's jump, as far as this one did not take it back, stood over two reads: money moved in
@@ -1089,16 +1089,17 @@ class Portfolio:
         return None if exact is None else exact + self._account.total
 
     def equity_bounds(self) -> tuple[int, int] | None:
-        """(low, high): the account's equity less and plus the doubt its cash base is held in (cash_doubt):
-        a peak is raised on the low one, a drawdown judged on the high one."""
+        """(low, high): the account's equity less and plus the doubt its cash base is held in (cash_doubt, and how
+        far it may be under the broker's cash: _base_low): a peak is raised on the low one, a drawdown judged on the
+        high one."""
         eq = self.equity()
         if eq is None:
             return None
         up, down = self.cash_doubt
         if self.ahead:  # (a trade outside ktrader the books have not booked yet explains the jump: both are exact)
             eq -= up - down
-            return eq, eq
-        return eq - up, eq + down
+            return eq, eq + self._base_low
+        return eq - up, eq + down + self._base_low  # (the base may be under the broker's cash: _base_low)
 
     def without_doubt(self, equity: int) -> int:
         """The account's `equity` less the cash jump its last read holds in doubt (cash_doubt), not told as money
@@ -1291,3 +1292,8 @@ class Portfolio:
     def sector_values(self) -> dict[str, int]:
         """sector → the account's positions in it at the last prices."""
         return dict(self._account.sector_value)
+
+
+def _nearest_zero(lo: int, hi: int) -> int:
+    """The value of [lo, hi] nearest to 0 (0 when the interval holds it)."""
+    return 0 if lo <= 0 <= hi else (hi if hi < 0 else lo)

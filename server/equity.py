@@ -195,12 +195,11 @@ class AccountReader:
         self.last: BrokerAccount | None = None
         self.unsupported = False  # the broker has no account at all (a replay)
         self._soon = asyncio.Event()  # a read asked for before the next period's (read_soon)
-        self._must_use = False  # that read is used even with fills in its flight (Portfolio.set_account_cash)
 
     async def read_once(self) -> bool:
         # the books as the read leaves: what they book while it is on its way may or may not be in the
         # broker's answer (Portfolio.set_account_cash)
-        mark, must_use = self.portfolio.cash_mark(), self._must_use
+        mark = self.portfolio.cash_mark()
         try:
             acct = await self.read()
         except BrokerUnsupported as e:  # a broker with no account (a replay): nothing to wait for
@@ -215,8 +214,7 @@ class AccountReader:
         self.last = acct
         today = self.traded_today is None or self.traded_today()
         bought, sold = (acct.today_bought, acct.today_sold) if today else (-1, -1)
-        self.portfolio.set_account_cash(acct.settlement_cash, mark, bought, sold, must_use=must_use)
-        self._must_use = self._must_use and not must_use  # (one asked for while this read was on its way stays)
+        self.portfolio.set_account_cash(acct.settlement_cash, mark, bought, sold)
         self.reads += 1
         if (flow := self.portfolio.take_cash_flows()) and self.on_cash_flow is not None:
             self.on_cash_flow(flow)
@@ -230,7 +228,6 @@ class AccountReader:
     def read_soon(self) -> None:
         """Read the account now, not at the next period (the broker refused a buy for want of cash: money left
         the account since the last read, and every buy until the next would be judged on cash that is gone)."""
-        self._must_use = True
         self._soon.set()
 
     async def run(self) -> None:

@@ -88,24 +88,6 @@ async def test_read_soon_reads_the_account_before_its_period() -> None:
         task.cancel()
 
 
-def test_the_read_asked_for_is_used_even_with_a_fill_in_its_flight() -> None:
-    """Without day totals (paper) a read with fills booked in its flight is passed over (the books' cash is exact);
-    not the read a cash refusal asked for: money left the account, and every buy until a read is used would be
-    weighed against cash that is gone."""
-    from tests.unit.test_account_cash_race import Books, read_with, snapshot
-
-    b = Books()
-    b.p.set_account_cash(50_000_000)
-    withdrawn = 500_000  # (less than the flight's buy: the read could be low by it)
-    fill = lambda: b.fill(Side.BUY, 10, 70_000)  # noqa: E731  (booked while the answer travels)
-    asyncio.run(read_with(b, snapshot(50_000_000 - withdrawn), fill).read_once())
-    assert b.p.reads_passed == 1 and b.p.cash() == 50_000_000 - 700_105  # passed over: the withdrawal not seen
-    reader = read_with(b, snapshot(50_000_000 - withdrawn - 700_105), fill)
-    reader.read_soon()
-    asyncio.run(reader.read_once())
-    assert b.p.reads_passed == 0 and b.p.cash() == 50_000_000 - withdrawn - 2 * 700_105  # (its flight's buy counted)
-
-
 def test_the_gateway_reads_again_and_tells_a_person() -> None:
     told: list[tuple[str, AlertKind | None, str]] = []
     read: list[bool] = []
