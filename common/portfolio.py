@@ -1226,15 +1226,20 @@ class Portfolio:
         return value - cost
 
     def day_pnl_without(self, agent: str, codes: Iterable[str]) -> int:
-        """`day_pnl` with `codes` counted as making nothing today (valued at a reference the day's judgement must not
-        read: a restart's, until their print or the balance's price). A real loss on another code still counts."""
+        """`day_pnl` with the shares of `codes` held now counted as making nothing today (valued at a reference the
+        day's judgement must not read: a restart's, until their print or the balance's price); what a sale of them
+        made against the day's start still counts, and a real loss on another code."""
         pnl = self.day_pnl(agent)
         held, opened = self.positions.get(agent, {}), self.day_open.get(agent, {})
         for code in codes:
             p = held.get(code)
             if p is None or not p.qty or code not in self.marks:
                 continue  # (at cost now: made nothing today already)
-            start = self._start_of(agent, code, opened[code]) if code in opened else 0
+            start = 0
+            if code in opened:  # the held shares' share of the carried position's start (a part sold today: its
+                # realised P&L less its start is the day's, a sale at the start's price nothing: a review)
+                carried = opened[code][0]
+                start = self._start_of(agent, code, opened[code]) * min(p.qty, carried) // carried if carried else 0
             pnl -= self._worth(agent, code, p.qty, self.marks[code]) - p.cost - start
         return pnl
 

@@ -1,0 +1,44 @@
+"""(a review) After a restart a code waiting for its print counts as making nothing of the day loss
+(Portfolio.day_pnl_without). Taking out only its unrealised P&L left the realised P&L of a part of a carried position
+sold today, measured against cost, not against the day's start: a loss of earlier days (bought at 100,000, carried
+at 60,000, half sold today at 60,000) read as -2,000,000 today and put the agent REDUCING at the restart's first
+sweep; a carried winner hid a real loss on another code. The held shares' share of the start is what is taken out:
+a sale made against the start still counts."""
+
+from __future__ import annotations
+
+from common.enums import Side
+from common.portfolio import Portfolio
+from common.schema import PositionView
+
+CODE, OTHER = "005930", "000660"
+
+
+def _carried(cost: int) -> Portfolio:
+    """alpha carries 100 CODE bought for `cost`, yesterday's close 60,000."""
+    p = Portfolio()
+    p.set_position("alpha", PositionView(code=CODE, qty=100, cost=cost, realized_pnl=0), traded=False)
+    p.set_mark(CODE, 60_000)
+    p.roll_day(day="20261123")
+    return p
+
+
+def test_half_of_a_losing_carried_position_sold_at_the_start_price_makes_no_day_loss() -> None:
+    p = _carried(10_000_000)
+    p.set_position("alpha", p.after_fill("alpha", CODE, Side.SELL, 50, 3_000_000, 0))
+    assert abs(p.day_pnl("alpha")) < 10 and abs(p.day_pnl_without("alpha", [CODE])) < 10
+
+
+def test_a_carried_winner_sold_in_part_hides_no_real_loss_elsewhere() -> None:
+    p = _carried(3_000_000)
+    p.set_position("alpha", p.after_fill("alpha", CODE, Side.SELL, 50, 3_000_000, 0))
+    p.set_position("alpha", p.after_fill("alpha", OTHER, Side.BUY, 100, 10_000_000, 0))
+    p.set_mark(OTHER, 86_000)  # a live print: -1,400,000 today
+    assert p.day_pnl("alpha") == -1_400_000 == p.day_pnl_without("alpha", [CODE])
+
+
+def test_a_sale_below_the_start_still_counts_and_the_reference_does_not() -> None:
+    p = _carried(10_000_000)
+    p.set_position("alpha", p.after_fill("alpha", CODE, Side.SELL, 50, 50 * 55_000, 0))  # 5,000 below the start
+    p.set_mark(CODE, 40_000)  # a stale reference far below: not today's
+    assert p.day_pnl_without("alpha", [CODE]) == -250_000
