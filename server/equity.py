@@ -195,6 +195,7 @@ class AccountReader:
         self.last: BrokerAccount | None = None
         self.unsupported = False  # the broker has no account at all (a replay)
         self._soon = asyncio.Event()  # a read asked for before the next period's (read_soon)
+        self.on_ahead: Callable[[], None] | None = None  # KIS's totals just went ahead of the books' (Portfolio.ahead)
 
     async def read_once(self) -> bool:
         # the books as the read leaves: what they book while it is on its way may or may not be in the
@@ -214,7 +215,12 @@ class AccountReader:
         self.last = acct
         today = self.traded_today is None or self.traded_today()
         bought, sold = (acct.today_bought, acct.today_sold) if today else (-1, -1)
+        was_ahead = self.portfolio.ahead
         self.portfolio.set_account_cash(acct.settlement_cash, mark, bought, sold)
+        if self.portfolio.ahead and not was_ahead and self.on_ahead is not None:
+            # KIS has trades the books lack (the KIS app's): reconciliation books them now, not at its next period
+            # (meanwhile the account is judged on an estimate: an app sale's shares still in the books)
+            self.on_ahead()
         self.reads += 1
         if (flow := self.portfolio.take_cash_flows()) and self.on_cash_flow is not None:
             self.on_cash_flow(flow)

@@ -243,6 +243,7 @@ class Gateway:
             traded_today=lambda: not self.clock.timed or self.clock.phase() not in _UNTRADED,
         )
         core.live_queue.on_cash_refused = self._cash_refused
+        self.account.on_ahead = lambda: self.request_reconcile("the account's day totals show trades the books lack")
         self._cash_excused_at: dict[str, float] = {}  # agent -> (monotonic) its last buy refused for cash, excused
         self.base_prices = BasePrices(self.book, broker.base_price)
         self.day = TradingDay(

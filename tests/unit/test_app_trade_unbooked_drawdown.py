@@ -42,10 +42,12 @@ def test_an_unbooked_app_sell_does_not_blind_the_account_drawdown(tmp_path: Path
         cash = h.portfolio.cash()
         assert cash is not None
         flows: list[int] = []
+        reconcile: list[bool] = []
 
         async def read(cash: int, bought: int, sold: int) -> None:
             r = AccountReader(h.portfolio, lambda: _ready(snapshot(cash, bought=bought, sold=sold)), 30.0)
             r.on_cash_flow = flows.append
+            r.on_ahead = lambda: reconcile.append(True)  # (the gateway asks reconciliation for a pass at once)
             assert await r.read_once()
 
         await read(cash, 69_000_000, 0)  # lined up with the books
@@ -56,6 +58,7 @@ def test_an_unbooked_app_sell_does_not_blind_the_account_drawdown(tmp_path: Path
         for _ in range(3):
             await read(cash + proceeds, 69_000_000, 49_000_000)
             h.risk.sweep([a])
+        assert reconcile == [True]  # once, when the totals went ahead of the books
         # a real loss: C2 falls 30 %: the account truly held 100 M, now ~94 M (6 % below its peak, limit 3 %)
         h.print(C2, 14_000)
         await read(cash + proceeds, 69_000_000, 49_000_000)
