@@ -269,6 +269,14 @@ class SmtpChannel:
         # the connect, the greeting, TLS, the login and the message, each within the timeout (a slow but healthy
         # server is not cut: a send past it is a failed try, tried again)
         self.deadline_s = cfg.timeout_s * 5 + cfg.data_reply_s
+        if cfg.username and not (cfg.starttls or cfg.ssl):
+            # (said, not changed: upgrading whenever offered broke relays whose certificate the system does not
+            # trust, a review; the password in clear was a hunt's finding)
+            log.warning(
+                "%s: a login with neither starttls nor ssl: the password and every alert go in clear; set starttls = "
+                "true (or ssl = true for port 465), with ca_file for a certificate the system does not trust",
+                self.name,
+            )
         # the EHLO name, as smtplib's: this host's FQDN, a reverse DNS lookup that may take seconds (a dead name
         # server) or fail (a name idna cannot encode): looked up once on a thread of its own, never waited for (a send
         # before it answers, or when it failed, says the host's own name)
@@ -307,25 +315,26 @@ class SmtpChannel:
             username=c.username or None,
             password=(os.environ.get(c.password_env, "") if c.password_env else "") if c.username else None,
             use_tls=c.ssl,
-            # starttls: always; else with a login, whenever the server offers it (False sent the password in clear
-            # to a server offering STARTTLS: a hunt); without one (a local relay), never
-            start_tls=False if c.ssl else (True if c.starttls else (None if c.username else False)),
+            start_tls=c.starttls and not c.ssl,  # (False: never, also when the server offers it: see __init__)
             cert_bundle=c.ca_file or None,
             timeout=c.timeout_s,
             local_hostname=self._helo or _PLAIN_HELO,
         )
         try:
-            # (the connect, greeting, TLS and login within their share of the deadline: a server dripping its
-            # greeting holds no one for the message's answer time)
-            await asyncio.wait_for(smtp.connect(), c.timeout_s * 4)
+            try:
+                # (the connect, greeting, TLS and login within their share of the deadline: a server dripping its
+                # greeting holds no one for the message's answer time)
+                await asyncio.wait_for(smtp.connect(), c.timeout_s * 4)
+            except aiosmtplib.SMTPException:
+                raise  # (its own timeouts too: said below by name)
+            except TimeoutError:
+                raise SendError("timed out", f"no connection and login within {c.timeout_s * 4:.0f} s") from None
             try:
                 # the answer to the message's end waits for the server's checks (RFC 5321: up to 10 min): cut at
                 # the command timeout, a delivered message was sent again and again (a hunt)
                 refused, _ = await smtp.send_message(self.message(alert, text), timeout=c.data_reply_s)
             finally:
                 smtp.close()
-        except TimeoutError:
-            raise SendError("timed out", f"no connection and login within {c.timeout_s * 4:.0f} s") from None
         except (OSError, aiosmtplib.SMTPException) as e:
             # refused credentials or addresses do not heal by retrying: a configuration problem
             config = isinstance(
@@ -556,7 +565,7 @@ class _Lane:
         """Full: drop the oldest non-critical alert (the newest critical one is refused only when every
         queued alert is critical), counted and noted in the channel's next message."""
         while len(self.queue) > self.cap:
-            victim = next((it for it in self.queue if it.alert.kind not in CRITICAL), self.queue[-1])
+            victim = next((it for it in self.queue if it.alert.kind not in KEPT), self.queue[-1])  # (a review)
             self.queue.remove(victim)
             self.owner.counters["dropped"] += 1
             self.dropped += 1
@@ -789,7 +798,7 @@ class _Lane:
         ones and told, with its kind, in the tail of the next delivered message (the alert itself stays on
         the console). One refused for GIVE_UP_S without that sign is kept, logged once, and ranks after the
         non-critical alerts (`_rank`) so that they are tried and the sign can come."""
-        for it in [it for it in self.queue if it.alert.kind in CRITICAL and it.refused_at is not None]:
+        for it in [it for it in self.queue if it.alert.kind in KEPT and it.refused_at is not None]:
             since = now - (it.refused_at or now)
             if since < GIVE_UP_S:
                 continue

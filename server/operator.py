@@ -58,10 +58,10 @@ from typing import Protocol
 
 import msgspec
 
-from common import approvals
+from common import approvals, credentials
 from common.calendar import is_trading_day
 from common.clock import KST, date_of, when_text
-from common.config import BrokerEnv, AgentCard, EndOfDay, GatewayConfig
+from common.config import BrokerEnv, AgentCard, ConfigError, EndOfDay, GatewayConfig
 from common.enums import (
     AgentMode,
     AgentState,
@@ -1013,12 +1013,18 @@ class Operator:
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
         run_dir = self.gw.cfg.run_dir
-        if approvals.exists(run_dir) and msg.agent not in approvals.load(run_dir).cards:
+        try:
+            held = approvals.load(run_dir).cards if approvals.exists(run_dir) else None
+        except ConfigError as e:  # (unanswered, the operator's tool waited for its timeout: a review)
+            return err(ErrorCode.BAD_CARD, f"the approvals file cannot be read: {e}: nothing changed")
+        if held is not None and msg.agent not in held:
             # (a reload approves: another operator's reload gave back the credential a revoke had taken, unsaid)
+            revoked = not credentials.credential_path(run_dir, msg.agent).exists()
             return err(
                 ErrorCode.BAD_CARD,
-                f"{msg.agent}'s approval was withdrawn (ktrader keys revoke): nothing changed; approve its card "
-                "(ktrader cards approve CARD) to let it trade again",
+                f"{msg.agent}'s approval was "
+                + ("withdrawn (ktrader keys revoke)" if revoked else "not found in the approvals file")
+                + ": nothing changed; approve its card (ktrader cards approve CARD) to let it trade again",
             )
         fields = "; ".join(approvals.card_diff(a, b))
         if _is_preview(msg) or msg.value.startswith(RELOAD_EXPECT):

@@ -126,3 +126,77 @@ async def test_an_smtp_setting_the_server_does_not_take_is_a_configuration_probl
         task.cancel()
         await asyncio.wait([task], timeout=5)
         smtp.close()
+
+
+def test_a_login_without_tls_is_warned_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """(a hunt) With a username and starttls left false the password went in clear, unsaid. Upgrading whenever the
+    server offers STARTTLS broke relays whose certificate the system does not trust (a review): warned instead."""
+    from server.notifier import SmtpChannel
+
+    caplog.set_level(logging.WARNING, logger="ktrader.notifier")
+    SmtpChannel(SmtpConfig(host="mail.example.com", port=587, sender="k@x", to=["me@x"], username="k"))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("the password and every alert go in clear; set starttls = true" in m for m in said), said
+
+
+async def test_a_full_queue_keeps_the_all_clear_with_its_alarm() -> None:
+    """(a review) A full queue dropped the oldest non-critical alert: once the older ones were given up, the kept
+    all-clear was the first victim of any burst, its alarm delivered alone."""
+    clock = FakeClock()
+    ch = FakeChannel(fail_first=10**6)
+    n = Notifier(NotifyConfig(max_per_minute=100, queue_size=5), channels=[ch], clock=clock)
+    task = asyncio.create_task(n.run())
+    try:
+        assert n.alert(AlertKind.SESSION_DOWN, SESSION)
+        await until(lambda: ch.tries == 1)
+        clock.advance(300.0)
+        assert n.alert(AlertKind.RECOVERED, "the broker session is ready again after 300s down")
+        clock.advance(notifier_mod.GIVE_UP_S + 1)  # both kept past GIVE_UP_S (as the commit's own test)
+        for i in range(4):  # a burst of ordinary alerts while the channel is still down
+            n.alert(AlertKind.BAD_MARKET_DATA, f"a print of {i:06d} failed the sanity checks", subject=str(i))
+        ch.fail_left = 0
+        clock.advance(120.0)
+        await until(lambda: n.status()["queued"] == 0)
+        said = "\n".join(ch.sent)
+        assert "BROKER SESSION DOWN" in said
+        assert "RECOVERED" in said, f"the all-clear was dropped, its alarm delivered:\n{said}"
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+
+
+async def test_a_slow_answer_to_the_message_is_not_told_as_no_connection() -> None:
+    """(a review) A message's answer past data_reply_s (the mail library's own timeout, a TimeoutError) was told
+    as 'no connection and login within ...': the operator looked at the network, not the server's checks."""
+    import socket
+    from email import message_from_bytes
+
+    from aiosmtpd.controller import Controller
+
+    from common.config import SmtpConfig
+    from common.enums import AlertKind
+    from server.notifier import Alert, SendError, SmtpChannel
+
+    mails = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            mails.append(message_from_bytes(envelope.content))
+            await asyncio.sleep(2.0)  # the server's checks
+            return "250 OK"
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = Controller(Handler(), hostname="127.0.0.1", port=port, server_hostname="localhost")
+    c.start()
+    try:
+        ch = SmtpChannel(
+            SmtpConfig(host="127.0.0.1", port=port, sender="kt@example.org", to=["me@example.org"],
+                       timeout_s=1, data_reply_s=0.5)
+        )  # fmt: skip
+        with pytest.raises(SendError) as e:
+            await ch.send(Alert(kind=AlertKind.HALT, text="x"), "ktrader HALT: x")
+        assert "no connection and login" not in str(e.value) and "SMTP" in str(e.value), str(e.value)
+    finally:
+        c.stop()

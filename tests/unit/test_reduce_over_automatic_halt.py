@@ -91,3 +91,26 @@ async def test_a_flatten_refused_under_a_pause_says_paused(tmp_path: Path) -> No
         assert refused.message.startswith("the gateway is paused (new orders refused): nothing sold"), refused
     finally:
         await h.close()
+
+
+async def test_a_reduce_accepts_only_the_limit_that_halted_the_scope(tmp_path: Path) -> None:
+    """(a review) A precautionary `reduce --all` on an active gateway forgave the kill switch's errors counted so
+    far, so the burst that should have halted it did not; a reduce over a person's halt reset a drawdown peak."""
+    h, d = await _holding(tmp_path)
+    try:
+        now = h.book.now_ns()
+        for n in range(2):
+            h.risk.broker_error(now + n)
+        said = d.ack("reduce", all=True)  # active, 2 errors: nothing forgiven
+        assert "forgiven" not in said, said
+        h.risk.broker_error(now + 2)
+        h.risk.sweep([ALPHA])
+        assert h.risk.global_state is TradingState.HALTED  # the third error halts it, as the kill switch says
+        d.ack("resume", all=True)
+        d.ack("halt", "alpha")  # a person's halt of the agent, then its fall past the halt level
+        h.print("005930", 62_000)
+        h.risk.sweep([ALPHA])
+        said = d.ack("reduce", "alpha")
+        assert "drawdown accepted" not in said, said  # the person's halt was not the limit's
+    finally:
+        await h.close()

@@ -211,7 +211,7 @@ async def test_a_reload_of_a_revoked_agent_is_refused_and_one_over_a_tripped_lim
     """(a hunt) A reload approves the card: another operator's reload of an agent whose key was revoked gave back
     its credential and approval, unsaid. And a reload lifting the daily-loss limit an agent breached said only
     'reloaded risk.max_daily_loss ...' while the agent stayed reducing, its buys denied."""
-    from common import approvals
+    from common import approvals, credentials
     from common.enums import TradingState
     from common.ids import EXTERNAL_AGENT
     from common.schema import PositionView
@@ -220,7 +220,8 @@ async def test_a_reload_of_a_revoked_agent_is_refused_and_one_over_a_tripped_lim
     try:
         run = tmp_path / "run"
         approvals.approve(run, [ALPHA], by="test")
-        approvals.withdraw(run, "alpha")  # (ktrader keys revoke alpha)
+        approvals.withdraw(run, "alpha")  # (ktrader keys revoke alpha: the approval and the credential)
+        credentials.revoke(run, "alpha")
         r = d.error("reload", "alpha", card=RAISED)
         assert "alpha's approval was withdrawn (ktrader keys revoke): nothing changed" in r.message, r
         assert d.op.card_of("alpha") == ALPHA and "alpha" not in approvals.load(run).cards
