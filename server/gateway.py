@@ -139,6 +139,9 @@ def _day_after(day: str) -> str:
 _SCALE_CHECKED = "scale_checked:"
 # the alerts the notifier has not delivered yet (server/notifier.py undelivered): a restart sends them again
 _UNDELIVERED = "notify:undelivered"
+# the wall times of this folder's recent starts after an unclean stop (a restart loop is told as one)
+_STARTS = "gateway:unclean_starts"
+RESTART_LOOP_S = 600.0
 
 
 _RESCALED = "a corporate action (a split, a rights or bonus issue) changed its price scale"
@@ -772,14 +775,14 @@ class Gateway:
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
         # told to a person (not on the screen: a start is no alert); the heartbeat pings from the lease loop
         self._started_mono = time.monotonic()
-        self.operator.notifier.alert(
-            AlertKind.GATEWAY_STARTED,
+        started = (
             f"gateway started on {os.uname().nodename} (pid {os.getpid()}), run dir {self.run_dir.resolve()}, "
-            f"broker {self.broker_name} env {self.cfg.broker.env.value}",
-            subject=self.headers.sid,
+            f"broker {self.broker_name} env {self.cfg.broker.env.value}"
         )
-        if previous is not None:
-            self._tell_unclean_stop(previous)
+        if previous is not None:  # one message, not two per start (a crash loop sent ten in ten seconds: a hunt)
+            self._tell_unclean_stop(previous, started)
+        else:
+            self.operator.notifier.alert(AlertKind.GATEWAY_STARTED, started, subject=self.headers.sid)
         self._raise_undelivered()
         self._check_calendar(self.book.day())
         self.router.drain()  # anything that arrived before the reader was armed
@@ -810,20 +813,35 @@ class Gateway:
             return None
         return info if info.session != self.headers.sid else None
 
-    def _tell_unclean_stop(self, previous: GatewayInfo) -> None:
+    def _tell_unclean_stop(self, previous: GatewayInfo, started: str) -> None:
         """A restart after a crash read like a routine start ("GATEWAY STARTED"): a person learns that the
-        previous gateway died, must find out why from its log, and what this start found in flight."""
+        previous gateway died, must find out why from its log, and what this start found in flight; and when
+        this folder's gateway started several times in RESTART_LOOP_S, that it is a restart loop."""
         orders = [o for o in self.book.orders.values() if o.state in OPEN]
         doubt = sum(1 for o in orders if o.state is OrderState.UNKNOWN or o.in_doubt)
         # (its market clock's time: the host's in KST against KIS, the twin's own on the twin; log lines are real KST)
-        started = f"{kst_from_ns(previous.started_ns):%Y-%m-%d %H:%M:%S} KST" + (
+        at = f"{kst_from_ns(previous.started_ns):%Y-%m-%d %H:%M:%S} KST" + (
             "" if isinstance(self.clock, WallClock) else " by the twin's clock"
         )
         state = self.risk.global_state
         said = trading_word(state, self.risk.paused())
         halted = "" if state is TradingState.ACTIVE else f"; trading stays {said}, as it was (resume to trade)"
+        now = time.time_ns()
+        try:
+            recent = msgspec.json.decode(self.store.get_meta(_STARTS) or "[]", type=list[int])
+        except msgspec.MsgspecError:
+            recent = []
+        recent = [t for t in recent if now - t < RESTART_LOOP_S * 1e9][-9:] + [now]
+        with self.store.transaction():
+            self.store.set_meta(_STARTS, msgspec.json.encode(recent).decode())
+        loop = (
+            f" ({len(recent)} unclean starts in {RESTART_LOOP_S / 60:.0f} min: a restart loop? its log says why)"
+            if len(recent) >= 3
+            else ""
+        )
         text = (
-            f"the previous gateway of this folder (pid {previous.pid}, started {started}) ended without its clean "
+            f"{started}{loop}; the previous gateway of this folder (pid {previous.pid}, started {at}) ended without "
+            f"its clean "
             f"stop (killed, crashed, out of memory or power lost: its log says which); this start found "
             f"{len(orders)} open orders, {doubt} of them in doubt (checked with the broker at the first "
             f"reconciliation, never sent again){halted}"

@@ -52,3 +52,19 @@ def test_a_restart_after_a_kill_is_told_and_a_clean_restart_is_not(tmp_path: Pat
     assert not (run / "gateway.json").exists()  # what a clean stop leaves
     _gateway(procs, run, "gateway3", second.session)
     assert len(_unclean(run)) == 1  # the kill's, kept from before; none for the clean stop
+
+
+def test_a_restart_loop_is_one_message_per_start_and_said(tmp_path: Path, procs: Procs) -> None:
+    """(a hunt) A gateway killed right after each start (a service manager restarting it) sent GATEWAY STARTED and
+    GATEWAY RESTARTED at every start: ten messages in ten seconds on a phone. An unclean start is one message, and
+    from the third in ten minutes it says it is a restart loop."""
+    run = tmp_path / "run"
+    session = ""
+    for n in range(4):
+        gw = _gateway(procs, run, f"gateway{n}", session)
+        session = read_info(run).session
+        if n < 3:
+            os.killpg(gw.pid, signal.SIGKILL)
+            gw.wait(10)
+    told = wait_for(lambda: _unclean(run), 10, what="the unclean stop told")
+    assert "gateway started on" in told[-1] and "3 unclean starts in 10 min: a restart loop?" in told[-1], told
