@@ -83,7 +83,6 @@ class CashMark:
 
     paid: int  # Σ of every rise of the account's spending (buys and their fees) booked so far
     traded: int  # Σ |traded value| of the account's fills booked so far
-    received: int = 0  # Σ of every fall of it (sells' proceeds net of their fees and tax) booked so far
 
 
 @dataclass(frozen=True)
@@ -281,10 +280,11 @@ class Portfolio:
         self.cash_flows = 0  # money moved in (+) or out (-) seen by the account reads, not yet taken (take_cash_flows)
         self._kept: tuple[int, int, tuple[int, int]] | None = None  # the last process's last read (keep_cash)
         self._paid = 0  # Σ rises of the account's spending (CashMark.paid)
-        self._received = 0  # Σ falls of it (CashMark.received)
-        # how far the cash base may be under the broker's cash: the fills of the flight of the read that set it,
-        # when no totals could tell which of them its answer counted (set_account_cash)
-        self._base_low = 0
+        # the last read that could not tell which fills of its flight it counted (no totals), as a base: (its cash,
+        # the books' spending it stands at), under the broker's cash by none to all of them; None: the last read
+        # was exact. cash() is never above it; equity() and the money-moved rule keep to the exact reads' base
+        self._low_base: tuple[int, int] | None = None
+        self.reread = False  # the last read was such a read: the next one is wanted soon (server/equity.py)
         self._traded = 0  # Σ |value| of the fills of the account's orders of today (CashMark.traded)
         # trading day → [bought, sold]: the account's traded value by the day of the orders that traded, the
         # day the broker counts their fills in whenever the books book them (a late close's fills booked after
@@ -561,7 +561,7 @@ class Portfolio:
             + bk.sector_buys.get(sector, 0)
             + (self._market_buys(bk, sector=sector, held=held) if bk.market_qty or held else 0),
             equity=(eq := self.equity() or 0) and (self.without_doubt(eq) if self.ahead else eq),
-            equity_doubt=(0 if self.ahead else self.cash_doubt[1]) + self._base_low,
+            equity_doubt=0 if self.ahead else self.cash_doubt[1],
             free_cash=None if cash is None else cash - self.held_cash(bk.limit_buys + market_all),
             cash_estimated=estimated,
             sellable_qty=self.account_sellable(code),
@@ -637,8 +637,6 @@ class Portfolio:
         if agent not in self.virtual:
             if traded and dspent > 0:
                 self._paid += dspent
-            elif traded and dspent < 0:
-                self._received -= dspent
             elif not traded and dspent:
                 self._spent_at_base += dspent
                 if self._kept is not None:  # (the last process's read, for the first read's comparison)
@@ -907,7 +905,7 @@ class Portfolio:
 
     def cash_mark(self) -> CashMark:
         """The books' cash counters now: taken before an account read is sent, passed to set_account_cash."""
-        return CashMark(paid=self._paid, traded=self._traded, received=self._received)
+        return CashMark(paid=self._paid, traded=self._traded)
 
     def set_account_cash(self, cash: int, mark: CashMark | None = None, bought: int = -1, sold: int = -1) -> None:
         """The broker's settlement cash `cash`: the books' fills move it from here.
@@ -930,9 +928,10 @@ class Portfolio:
         missing fills) — are not used: then every spending the books booked after
         `mark` (buys and their fees) is taken off and what they received after it (sells) is not added,
         so a fill of the read's flight counts against the cash once whatever the broker saw, and the cash
-        can only be under its value. Its base may then be under the broker's cash by up to its flight's fills
-        (`_base_low`): the next read's jump is judged less what the two flights explain, and the drawdown on the
-        equity plus it (`equity_bounds`).
+        can only be under its value. Such a read (fills in its flight, no totals) is ambiguous: it is kept apart
+        (`_low_base`): `cash()` is never above it, but the equity and the money-moved rule below keep to the last
+        exact read's base (two ambiguous reads in a row told 'money moved out' then 'in', a hunt; a withdrawal
+        during one was never told, a review), and the next read is wanted soon (`reread`).
 
         Either way, a read moves the equity by no trade of its own (a fill swaps cash for shares): a
         change of the cash estimate at the read beyond what the last read's doubt explains is held as
@@ -950,9 +949,11 @@ class Portfolio:
             before, self.cash_doubt = self.cash_before_read(), self._kept[2]
         self._kept = None
         uncounted = self._uncounted(bought, sold)
-        # with no totals to line it up, how far the read may be under the broker's cash: the buys (with fees) of
-        # its flight the answer counted are taken off whatever it saw, and its sells' proceeds it may not have yet
-        low = self._paid - mark.paid + self._received - mark.received if uncounted is None else 0
+        self.reread = uncounted is None and self._traded != mark.traded and self.cash_base is not None
+        if self.reread:  # (a process's first read is its base, whatever it is: low, never high)
+            self._low_base = (cash, spent - (self._paid - mark.paid))
+            return
+        self._low_base = None
         if uncounted is None:
             uncounted = self._paid - mark.paid
             self._credit = 0
@@ -963,13 +964,7 @@ class Portfolio:
         self._spent_at_base = spent - uncounted
         self._last_mark = mark
         self.ahead = ahead and before is not None
-        jump = 0
-        if before is not None:
-            # the estimate's move at this read less what the flights explain: this base may be under the broker's
-            # cash by up to `low`, the last one by up to `_base_low` (two reads in a row with fills in their
-            # flights, a paper account's, told 'money moved out' then 'in': a hunt, a review)
-            jump = _nearest_zero(cash - uncounted - before - self._base_low, cash - uncounted - before + low)
-        self._base_low = low
+        jump = 0 if before is None else cash - uncounted - before
         if self.ahead:
             # the broker's cash moved with trades the books have not booked yet (the KIS app's buy: reconciliation
             # books it at its next pass, the books' cash then jumps back): the jump is held in doubt with the last
@@ -1080,7 +1075,12 @@ class Portfolio:
         """The account's cash now (None before the broker's account was read): never what the broker
         counted and the books have not booked yet (see set_account_cash)."""
         exact = self._exact()
-        return None if exact is None else exact - self._credit
+        if exact is None:
+            return None
+        if self._low_base is not None:  # (an ambiguous read under the exact base: money left, a fill missed?)
+            low_cash, low_spent = self._low_base
+            exact = min(exact, low_cash - (self._account.spent - low_spent))
+        return exact - self._credit
 
     def equity(self) -> int | None:
         """The account's equity now: its cash plus every position at the last price (a fill the last read
@@ -1089,17 +1089,16 @@ class Portfolio:
         return None if exact is None else exact + self._account.total
 
     def equity_bounds(self) -> tuple[int, int] | None:
-        """(low, high): the account's equity less and plus the doubt its cash base is held in (cash_doubt, and how
-        far it may be under the broker's cash: _base_low): a peak is raised on the low one, a drawdown judged on the
-        high one."""
+        """(low, high): the account's equity less and plus the doubt its cash base is held in (cash_doubt):
+        a peak is raised on the low one, a drawdown judged on the high one."""
         eq = self.equity()
         if eq is None:
             return None
         up, down = self.cash_doubt
         if self.ahead:  # (a trade outside ktrader the books have not booked yet explains the jump: both are exact)
             eq -= up - down
-            return eq, eq + self._base_low
-        return eq - up, eq + down + self._base_low  # (the base may be under the broker's cash: _base_low)
+            return eq, eq
+        return eq - up, eq + down
 
     def without_doubt(self, equity: int) -> int:
         """The account's `equity` less the cash jump its last read holds in doubt (cash_doubt), not told as money
@@ -1297,8 +1296,3 @@ class Portfolio:
     def sector_values(self) -> dict[str, int]:
         """sector → the account's positions in it at the last prices."""
         return dict(self._account.sector_value)
-
-
-def _nearest_zero(lo: int, hi: int) -> int:
-    """The value of [lo, hi] nearest to 0 (0 when the interval holds it)."""
-    return 0 if lo <= 0 <= hi else (hi if hi < 0 else lo)

@@ -160,6 +160,9 @@ def save_cash_kept(store: Store, portfolio: Portfolio) -> None:
         store.set_meta(_CASH_META, msgspec.json.encode(kept).decode())
 
 
+REREAD_S = 1.0  # after an ambiguous read (Portfolio.reread): the next one this soon, past its flight's fills
+
+
 class AccountReader:
     """Reads the broker's account every `every_s` (and once at start) for the portfolio's cash."""
 
@@ -243,6 +246,9 @@ class AccountReader:
             if self.unsupported:
                 return
             try:
-                await asyncio.wait_for(self._soon.wait(), self.every_s if ok else min(self.every_s, 5.0))
+                # (a read that could not tell which fills of its flight it counted: the next soon, to decide on an
+                # exact one; Portfolio.reread)
+                wait = REREAD_S if self.portfolio.reread else self.every_s if ok else min(self.every_s, 5.0)
+                await asyncio.wait_for(self._soon.wait(), min(wait, self.every_s))
             except TimeoutError:
                 pass
