@@ -86,7 +86,6 @@ _STATE_KEY = "trading_state:"
 # meta: how a HALTED scope was halted: with cancels (a kill switch, automatic or the operator's) or soft (a
 # pause: its working orders stay); the start's safety net (cancel_halted) cancels only the former's
 _HALT_KIND_KEY = "halt_kind:"
-_HALT_CAUSE_KEY = "halt_cause:"  # + key: the limit that halted it (an AlertKind value; "": a person's halt)
 HALT_CANCELS, HALT_SOFT = "cancels", "soft"
 MULTIPLIER_KEY = "risk_multiplier"
 # a denial by one of these limits must reach a person (once a minute per agent and limit)
@@ -152,7 +151,6 @@ class RiskGate:
         self.kill_errors = kill_errors
         self.kill_window_ns = int(kill_window_s * 1e9)
         self.halt_kinds: dict[str, str] = {}  # agent (or GLOBAL) → HALT_CANCELS / HALT_SOFT of its HALTED (stored)
-        self.halt_causes: dict[str, str] = {}  # agent (or GLOBAL) → the AlertKind of the limit that halted it (stored)
         self.states: dict[str, TradingState] = {}  # agent (or GLOBAL) → state set by an operator or a limit
         self.end_of_day: set[str] = set()  # agents whose end-of-day clean-up ran today: reduce only
         self._unchecked_told = False  # a buy went out with the account's cash unknown (told once a process)
@@ -207,7 +205,6 @@ class RiskGate:
         for key, value in self.store.meta_prefix(_STATE_KEY).items():
             self.states[key] = TradingState(value)
         self.halt_kinds.update(self.store.meta_prefix(_HALT_KIND_KEY))
-        self.halt_causes.update(self.store.meta_prefix(_HALT_CAUSE_KEY))
         saved = self.store.get_meta(MULTIPLIER_KEY)
         self.multiplier = float(saved) if saved else 1.0
         for key, value in self.store.meta_prefix(_ACCEPTED_KEY).items():
@@ -237,12 +234,13 @@ class RiskGate:
         p = self.portfolio
         notes: list[str] = []
         key = agent or GLOBAL
-        # a reduce accepts only the limit that halted the scope (a precautionary reduce forgave the kill switch's
-        # count, a reduce over a person's halt reset the peak: a review)
-        cause = self.halt_causes.get(key, "") if self.hard_halted(key) else ""
-        if halting_only and cause not in (AlertKind.KILL_SWITCH.value, AlertKind.DRAWDOWN.value):
+        # a reduce accepts what would halt the scope again now, and only over a halt with cancels (a precautionary
+        # reduce forgave the kill switch's count so far: a review; a stored cause missed a drawdown past the halt
+        # level over a person's halt, and halts stored before it: a review)
+        if halting_only and not self.hard_halted(key):
             return notes
-        forgive = not halting_only or cause == AlertKind.KILL_SWITCH.value
+        count = len(self.agent_rejections.get(agent, ())) if agent else self.recent_broker_errors()
+        forgive = not halting_only or bool(self.kill_errors and count >= self.kill_errors)
         if agent:
             lim = card.risk if card is not None else RiskLimits()
             peak_key, pnl = agent, p.day_pnl(agent)
@@ -262,8 +260,6 @@ class RiskGate:
                 self.store.set_meta(_ACCEPTED_KEY + key, f"{day}|{pnl}")
             self.accepted_loss[key] = (day, pnl)
             notes.append(f"today's loss {pnl:,} accepted (a further {lim.max_daily_loss:,} reduces again)")
-        if halting_only and cause != AlertKind.DRAWDOWN.value:
-            return notes
         level = (
             pct_bp(lim.halt_drawdown_pct)
             if halting_only
@@ -334,8 +330,6 @@ class RiskGate:
             if state is TradingState.HALTED:  # a pause keeps its orders working, also after a restart
                 self.halt_kinds[key] = HALT_CANCELS if cancels else HALT_SOFT
                 self.store.set_meta(_HALT_KIND_KEY + key, self.halt_kinds[key])
-                self.halt_causes[key] = automatic.value if automatic is not None else ""
-                self.store.set_meta(_HALT_CAUSE_KEY + key, self.halt_causes[key])
             # in memory before the cancels: nothing they set off (a protective exit placed again) goes out
             self.states[key] = state
             if cancels:

@@ -93,9 +93,10 @@ async def test_a_flatten_refused_under_a_pause_says_paused(tmp_path: Path) -> No
         await h.close()
 
 
-async def test_a_reduce_accepts_only_the_limit_that_halted_the_scope(tmp_path: Path) -> None:
-    """(a review) A precautionary `reduce --all` on an active gateway forgave the kill switch's errors counted so
-    far, so the burst that should have halted it did not; a reduce over a person's halt reset a drawdown peak."""
+async def test_a_reduce_accepts_only_what_would_halt_the_scope_again(tmp_path: Path) -> None:
+    """(reviews) A precautionary `reduce --all` on an active gateway forgave the kill switch's errors counted so
+    far, so the burst that should have halted it did not: a reduce accepts only what would halt a halted scope
+    again now."""
     h, d = await _holding(tmp_path)
     try:
         now = h.book.now_ns()
@@ -107,10 +108,13 @@ async def test_a_reduce_accepts_only_the_limit_that_halted_the_scope(tmp_path: P
         h.risk.sweep([ALPHA])
         assert h.risk.global_state is TradingState.HALTED  # the third error halts it, as the kill switch says
         d.ack("resume", all=True)
-        d.ack("halt", "alpha")  # a person's halt of the agent, then its fall past the halt level
+        # a person's halt of the agent, then its fall past the halt level: a reduce accepts what would halt it again
+        # now (the sweep re-halted it with cancels, the flatten refused: a review)
+        d.ack("halt", "alpha")
         h.print("005930", 62_000)
         h.risk.sweep([ALPHA])
-        said = d.ack("reduce", "alpha")
-        assert "drawdown accepted" not in said, said  # the person's halt was not the limit's
+        assert "drawdown accepted" in d.ack("reduce", "alpha")
+        h.risk.sweep([ALPHA])
+        assert h.risk.agent_state("alpha") is TradingState.REDUCING
     finally:
         await h.close()
