@@ -1225,21 +1225,27 @@ class Portfolio:
         return value - cost
 
     def day_pnl_without(self, agent: str, codes: Iterable[str]) -> int:
-        """`day_pnl` with the shares of `codes` held now counted as making nothing today (valued at a reference the
-        day's judgement must not read: a restart's, until their print or the balance's price); what a sale of them
-        made against the day's start still counts, and a real loss on another code."""
+        """`day_pnl` with the shares of `codes` held now valued as if they had not moved since the day's start
+        (valued at a reference the day's judgement must not read: a restart's, until their print or the balance's
+        price): the carried ones at their start, today's buys at their cost. What sales made against that still
+        counts, and a real loss on another code (reviews: taking pieces out read a carried loss sold in part, or
+        added to then sold, as today's)."""
         pnl = self.day_pnl(agent)
         held, opened = self.positions.get(agent, {}), self.day_open.get(agent, {})
         for code in codes:
             p = held.get(code)
             if p is None or not p.qty or code not in self.marks:
                 continue  # (at cost now: made nothing today already)
-            start = 0
-            if code in opened:  # the held shares' share of the carried position's start (a part sold today: its
-                # realised P&L less its start is the day's, a sale at the start's price nothing: a review)
-                carried = opened[code][0]
-                start = self._start_of(agent, code, opened[code]) * min(p.qty, carried) // carried if carried else 0
-            pnl -= self._worth(agent, code, p.qty, self.marks[code]) - p.cost - start
+            neutral = p.cost  # bought today: at its cost
+            if code in opened and opened[code][0] > 0:
+                carried, cost0, _ = opened[code]
+                kept = min(p.qty, carried)
+                start_value = self._start_of(agent, code, opened[code]) + cost0
+                # the carried shares still held at their start; the rest (bought today) at what they cost
+                neutral = start_value * kept // carried + (
+                    max(0, p.cost - cost0 * kept // carried) if p.qty > kept else 0
+                )
+            pnl -= self._worth(agent, code, p.qty, self.marks[code]) - neutral
         return pnl
 
     def base_confirmed(self, code: str | None = None) -> None:

@@ -42,3 +42,23 @@ def test_a_sale_below_the_start_still_counts_and_the_reference_does_not() -> Non
     p.set_position("alpha", p.after_fill("alpha", CODE, Side.SELL, 50, 50 * 55_000, 0))  # 5,000 below the start
     p.set_mark(CODE, 40_000)  # a stale reference far below: not today's
     assert p.day_pnl_without("alpha", [CODE]) == -250_000
+
+
+def test_a_carried_position_added_to_today_then_sold_in_part_makes_nothing_either_way() -> None:
+    """(a third review) 100 carried, 100 more bought today at the start's price, 100 sold at it: the sale's realised
+    P&L against the blended average cost (a loss of earlier days, or a gain) read as today's (-2,000,000 for a
+    carried loser, +1,500,000 for a winner hiding a real loss elsewhere)."""
+    for cost in (10_000_000, 3_000_000):
+        p = _carried(cost)
+        p.set_position("alpha", p.after_fill("alpha", CODE, Side.BUY, 100, 6_000_000, 0))
+        p.set_position("alpha", p.after_fill("alpha", CODE, Side.SELL, 100, 6_000_000, 0))
+        assert abs(p.day_pnl("alpha")) < 10 and abs(p.day_pnl_without("alpha", [CODE])) < 10
+        p.set_mark(CODE, 40_000)  # the start's stale reference, not today's price: nothing of it counts
+        assert abs(p.day_pnl_without("alpha", [CODE])) < 10
+
+
+def test_todays_buys_on_a_carried_code_are_valued_at_their_cost_while_it_waits() -> None:
+    p = _carried(10_000_000)
+    p.set_position("alpha", p.after_fill("alpha", CODE, Side.BUY, 100, 6_500_000, 0))  # bought today at 65,000
+    p.set_mark(CODE, 40_000)  # a stale reference
+    assert p.day_pnl_without("alpha", [CODE]) == 0  # the carried ones at their start, today's at their cost
