@@ -562,10 +562,14 @@ class _Lane:
         return ok
 
     def _trim(self) -> deque[_Item]:
-        """Full: drop the oldest non-critical alert (the newest critical one is refused only when every
-        queued alert is critical), counted and noted in the channel's next message."""
+        """Full: drop the oldest alert not kept (KEPT), else the oldest all-clear, else the newest critical one,
+        counted and noted in the channel's next message (a review: a kill switch was dropped for an old
+        all-clear)."""
         while len(self.queue) > self.cap:
-            victim = next((it for it in self.queue if it.alert.kind not in KEPT), self.queue[-1])  # (a review)
+            victim = next(
+                (it for it in self.queue if it.alert.kind not in KEPT),
+                next((it for it in self.queue if it.alert.kind not in CRITICAL), self.queue[-1]),
+            )
             self.queue.remove(victim)
             self.owner.counters["dropped"] += 1
             self.dropped += 1

@@ -200,3 +200,28 @@ async def test_a_slow_answer_to_the_message_is_not_told_as_no_connection() -> No
         assert "no connection and login" not in str(e.value) and "SMTP" in str(e.value), str(e.value)
     finally:
         c.stop()
+
+
+async def test_a_full_queue_of_alarms_and_all_clears_keeps_a_new_kill_switch() -> None:
+    """(a third review) With only alarms and kept all-clears queued, a full queue dropped the newest: a new kill
+    switch, an old all-clear kept. The oldest all-clear goes first."""
+    clock = FakeClock()
+    ch = FakeChannel(fail_first=10**6)  # the mail relay is down (a night)
+    n = Notifier(NotifyConfig(max_per_minute=100, queue_size=4), channels=[ch], clock=clock)
+    task = asyncio.create_task(n.run())
+    try:
+        for i in range(2):  # the broker session flaps twice while the channel is down
+            assert n.alert(AlertKind.SESSION_DOWN, f"broker session down ({i})", subject=f"down{i}")
+            clock.advance(700.0)
+            assert n.alert(AlertKind.RECOVERED, f"broker session ready again ({i})", subject=f"up{i}")
+            clock.advance(700.0)
+        await until(lambda: ch.tries >= 1)
+        queued = n.alert(AlertKind.KILL_SWITCH, "kill switch: 3 broker errors in 60 s: gateway HALTED")
+        ch.fail_left = 0
+        clock.advance(120.0)
+        await until(lambda: n.status()["queued"] == 0)
+        said = "\n".join(ch.sent)
+        assert queued and "kill switch" in said.lower(), f"the kill switch was dropped, all-clears kept:\n{said}"
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
