@@ -198,6 +198,7 @@ class AccountReader:
         self.last: BrokerAccount | None = None
         self.unsupported = False  # the broker has no account at all (a replay)
         self._soon = asyncio.Event()  # a read asked for before the next period's (read_soon)
+        self._rereading = False  # the read under way is the one re-read after an ambiguous one (run)
         self.on_ahead: Callable[[], None] | None = None  # KIS's totals just went ahead of the books' (Portfolio.ahead)
 
     async def read_once(self) -> bool:
@@ -248,7 +249,11 @@ class AccountReader:
             try:
                 # (a read that could not tell which fills of its flight it counted: the next soon, to decide on an
                 # exact one; Portfolio.reread)
-                wait = REREAD_S if self.portfolio.reread else self.every_s if ok else min(self.every_s, 5.0)
+                # (once: a re-read that is ambiguous again waits the period, or a busy account read every second
+                # all day, most of a paper account's 2 requests a second)
+                reread = ok and self.portfolio.reread and not self._rereading
+                self._rereading = reread
+                wait = REREAD_S if reread else self.every_s if ok else min(self.every_s, 5.0)
                 await asyncio.wait_for(self._soon.wait(), min(wait, self.every_s))
             except TimeoutError:
                 pass

@@ -9,6 +9,7 @@ fills KIS counted."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgspec
@@ -425,3 +426,35 @@ def test_a_kis_app_buy_read_before_reconciliation_books_it_tells_no_money_moved(
             read(cash, 49_000_000)
         assert flows == ([-withdrawn] if withdrawn else []), flows
         assert b.p.cash() == cash and b.p.cash_doubt == (0, 0)
+
+
+async def test_an_ambiguous_read_is_read_again_once_soon_not_every_second(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """After a read with fills in its flight and no totals the account is read again soon, to decide on an exact
+    read; once: an account trading through every read would otherwise be read every second all day (a paper
+    account's REST budget is 2 requests a second)."""
+    import server.equity as equity_mod
+
+    monkeypatch.setattr(equity_mod, "REREAD_S", 0.05)
+    b = Books()
+    b.p.set_account_cash(50_000_000)
+    reads: list[int] = []
+
+    async def read() -> BrokerAccount:
+        reads.append(1)
+        await asyncio.sleep(0)
+        b.fill(Side.BUY, 1, 60_000)  # every read meets a fill
+        return snapshot(50_000_000)
+
+    reader = AccountReader(b.p, read, every_s=3600.0)
+    task = asyncio.create_task(reader.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(reads) < 2:
+                await asyncio.sleep(0.01)
+        until = time.monotonic() + 0.3  # (it holds for six re-read periods: no third read comes)
+        while time.monotonic() < until:
+            assert len(reads) == 2 and b.p.reread
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
