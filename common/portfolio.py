@@ -290,6 +290,8 @@ class Portfolio:
         # day the broker counts their fills in whenever the books book them (a late close's fills booked after
         # midnight are the day before's); today's is `_day`'s (_bought, _sold)
         self._traded_on: dict[str, list[int]] = {}
+        # trading day → (agent, code) → [shares, value] bought by that day's orders (day_pnl_without)
+        self._buys_on: dict[str, dict[tuple[str, str], list[int]]] = {}
         self._day = ""  # the books' today (roll_day's `day`; "" unwired: every order is of today)
         # the marks as the day started (roll_day), and the pending splits' codes whose mark is still one of them: a
         # price of the old shares (a split shows in the balance before its first print), worth what it was, unscaled
@@ -325,6 +327,14 @@ class Portfolio:
             self._rest(new, True)
             self._open[new.client_order_id] = new
         o = new if new is not None else old
+        if o is not None and o.side is Side.BUY:  # each code's buys by the day of their orders (day_pnl_without)
+            dq = (new.filled_qty if new is not None else 0) - (old.filled_qty if old is not None else 0)
+            if dq:
+                dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
+                day = self.order_day(o) or self._day
+                got_buys = self._buys_on.setdefault(day, {}).setdefault((o.agent, o.code), [0, 0])
+                got_buys[0] += dq
+                got_buys[1] += dv
         if o is not None and o.agent not in self.virtual:
             dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
             if dv:
@@ -1146,8 +1156,10 @@ class Portfolio:
             # the traded value of today's orders only (a restart's loaded orders of earlier days, a late
             # close's fills are their days')
             self._traded_on = {d: v for d, v in self._traded_on.items() if d == self._day}
+            self._buys_on = {d: v for d, v in self._buys_on.items() if d == self._day}
         else:  # (unwired, every order is of the books' today: a new day counts from nothing)
             self._traded_on = {}
+            self._buys_on = {}
         if day_start is None:
             self.day_start = self.totals()
             self.day_open = self._open_values()
@@ -1224,6 +1236,14 @@ class Portfolio:
             return 0  # at cost, as if bought today
         return value - cost
 
+    def _bought_today(self, agent: str, code: str, qty: int, cost: int) -> int:
+        """`qty` shares of `code` bought today valued at what today's buys of it cost a share (`cost` when none is
+        known: books with no orders)."""
+        if qty <= 0:
+            return 0
+        got = self._buys_on.get(self._day, {}).get((agent, code))
+        return qty * got[1] // got[0] if got and got[0] else cost
+
     def day_pnl_without(self, agent: str, codes: Iterable[str]) -> int:
         """`day_pnl` with the shares of `codes` held now valued as if they had not moved since the day's start
         (valued at a reference the day's judgement must not read: a restart's, until their print or the balance's
@@ -1236,15 +1256,15 @@ class Portfolio:
             p = held.get(code)
             if p is None or not p.qty or code not in self.marks:
                 continue  # (at cost now: made nothing today already)
-            neutral = p.cost  # bought today: at its cost
+            neutral = self._bought_today(agent, code, p.qty, p.cost)  # bought today: at what it cost
             if code in opened and opened[code][0] > 0:
                 carried, cost0, _ = opened[code]
                 kept = min(p.qty, carried)
                 start_value = self._start_of(agent, code, opened[code]) + cost0
-                # the carried shares still held at their start; the rest (bought today) at what they cost
-                neutral = start_value * kept // carried + (
-                    max(0, p.cost - cost0 * kept // carried) if p.qty > kept else 0
-                )
+                # the carried shares still held at their start; the rest (bought today) at what today's buys of the
+                # code cost a share (not the blended average after a sale: a review)
+                rest = max(0, p.cost - cost0 * kept // carried) if p.qty > kept else 0  # (no buys known: the cost's)
+                neutral = start_value * kept // carried + self._bought_today(agent, code, p.qty - kept, rest)
             pnl -= self._worth(agent, code, p.qty, self.marks[code]) - neutral
         return pnl
 

@@ -7,7 +7,10 @@ a sale made against the start still counts."""
 
 from __future__ import annotations
 
+import msgspec
+
 from common.enums import Side
+from common.orders import Order, OrderState
 from common.portfolio import Portfolio
 from common.schema import PositionView
 
@@ -62,3 +65,26 @@ def test_todays_buys_on_a_carried_code_are_valued_at_their_cost_while_it_waits()
     p.set_position("alpha", p.after_fill("alpha", CODE, Side.BUY, 100, 6_500_000, 0))  # bought today at 65,000
     p.set_mark(CODE, 40_000)  # a stale reference
     assert p.day_pnl_without("alpha", [CODE]) == 0  # the carried ones at their start, today's at their cost
+
+
+def _traded(p: Portfolio, n: int, side: Side, qty: int, price: int) -> None:
+    """An order of today filled whole, booked as the gateway books it (the order, then the position)."""
+    o = Order(client_order_id=f"alpha-20261123-{n}", agent="alpha", code=CODE, side=side, qty=qty, price=price)
+    o = msgspec.structs.replace(o, state=OrderState.ACCEPTED)
+    p.order_changed(None, o)
+    done = msgspec.structs.replace(o, state=OrderState.FILLED, filled_qty=qty, filled_value=qty * price)
+    p.order_changed(o, done)
+    p.set_position("alpha", p.after_fill("alpha", CODE, side, qty, qty * price, 0))
+
+
+def test_more_held_than_carried_after_a_sale_is_valued_at_todays_buys() -> None:
+    """(a fourth review) 100 carried, 100 bought today at the start's price, 50 sold at it: the held shares beyond
+    the carried ones were valued from the blended average cost: -1,000,000 (a carried loser) or +750,000 (a winner
+    hiding a real loss)."""
+    for cost in (10_000_000, 3_000_000):
+        p = _carried(cost)
+        _traded(p, 1, Side.BUY, 100, 60_000)
+        _traded(p, 2, Side.SELL, 50, 60_000)
+        assert abs(p.day_pnl("alpha")) < 10 and abs(p.day_pnl_without("alpha", [CODE])) < 10
+        p.set_mark(CODE, 40_000)  # a stale reference: nothing of it counts
+        assert abs(p.day_pnl_without("alpha", [CODE])) < 10, p.day_pnl_without("alpha", [CODE])
