@@ -285,6 +285,9 @@ class Portfolio:
         # was exact. cash() is never above it; equity() and the money-moved rule keep to the exact reads' base
         self._low_base: tuple[int, int] | None = None
         self.reread = False  # the last read was such a read: the next one is wanted soon (server/equity.py)
+        # the base is a first read's that was ambiguous: the next exact read compares with the last process's (kept
+        # till then), not with it
+        self._unsure_base = False
         self._traded = 0  # Σ |value| of the fills of the account's orders of today (CashMark.traded)
         # trading day → [bought, sold]: the account's traded value by the day of the orders that traded, the
         # day the broker counts their fills in whenever the books book them (a late close's fills booked after
@@ -649,6 +652,8 @@ class Portfolio:
                 self._paid += dspent
             elif not traded and dspent:
                 self._spent_at_base += dspent
+                if self._low_base is not None:
+                    self._low_base = (self._low_base[0], self._low_base[1] + dspent)
                 if self._kept is not None:  # (the last process's read, for the first read's comparison)
                     cash, spent, doubt = self._kept
                     self._kept = (cash, spent + dspent, doubt)
@@ -952,18 +957,27 @@ class Portfolio:
             self.cash_base = cash + self._credit  # cash() is `cash`; what a read credited stays credited
             self._spent_at_base = spent
             return
-        before = self._exact()
-        if before is None and self._kept is not None:
-            # the first read of this process: against the last read of the one before (money moved while the
+        uncounted = self._uncounted(bought, sold)
+        ambiguous = uncounted is None and self._traded != mark.traded
+        if ambiguous and self.cash_base is not None and not self._unsure_base:
+            self.reread = True
+            self._low_base = (cash, spent - (self._paid - mark.paid))
+            # (KIS's totals ahead of the books' are news whatever the flight: reconciliation is asked at once)
+            self.ahead = self.ahead or self._broker_ahead(bought, sold)
+            return
+        self.reread = ambiguous
+        self._low_base = None
+        # the base the jump is measured from: the last exact read's; none after a first read that was ambiguous
+        # (its base was low by its flight: the next exact read told 'money moved in', a review)
+        # (an ambiguous read reaching here is a process's first, or one after it: it is the base, compared with none)
+        before = None if self._unsure_base or ambiguous else self._exact()
+        self._unsure_base = ambiguous
+        if before is None and self._kept is not None and not ambiguous:
+            # the first exact read of this process: against the last read of the one before (money moved while the
             # gateway was down: 30 M withdrawn overnight read as a 30 % drawdown at the start, a review)
             before, self.cash_doubt = self.cash_before_read(), self._kept[2]
-        self._kept = None
-        uncounted = self._uncounted(bought, sold)
-        self.reread = uncounted is None and self._traded != mark.traded and self.cash_base is not None
-        if self.reread:  # (a process's first read is its base, whatever it is: low, never high)
-            self._low_base = (cash, spent - (self._paid - mark.paid))
-            return
-        self._low_base = None
+        if not self._unsure_base:
+            self._kept = None
         if uncounted is None:
             uncounted = self._paid - mark.paid
             self._credit = 0
@@ -996,7 +1010,7 @@ class Portfolio:
     def cash_kept(self) -> tuple[int, int, tuple[int, int]] | None:
         """What the next process needs of the last read (its cash base, the books' spending then, the doubt), to
         tell money moved while no gateway ran: None before a read."""
-        if self.cash_base is None:
+        if self.cash_base is None or self._unsure_base:
             return None
         return self.cash_base, self._spent_at_base, self.cash_doubt
 
@@ -1087,10 +1101,27 @@ class Portfolio:
         exact = self._exact()
         if exact is None:
             return None
-        if self._low_base is not None:  # (an ambiguous read under the exact base: money left, a fill missed?)
-            low_cash, low_spent = self._low_base
-            exact = min(exact, low_cash - (self._account.spent - low_spent))
-        return exact - self._credit
+        low = self._low_cash()  # (an ambiguous read under the exact base: money left, a fill missed?)
+        return exact - self._credit if low is None else min(exact - self._credit, low)
+
+    def _low_cash(self) -> int | None:
+        """The last ambiguous read's cash as the books moved it since (`_low_base`), None after an exact read."""
+        if self._low_base is None:
+            return None
+        low_cash, low_spent = self._low_base
+        return low_cash - (self._account.spent - low_spent)
+
+    def keep_cash_through(self, change: Callable[[], None]) -> None:
+        """Run `change` (which books count: set_virtual) with the account's cash kept as it stands, both bases (the
+        agent's past books change sides, the account's cash does not; a re-base on cash() made an ambiguous read's
+        low cash the exact base, and the next reads told 'money moved in': a review)."""
+        exact, low = self._exact(), self._low_cash()
+        change()
+        spent = self._account.spent
+        if exact is not None:
+            self.cash_base, self._spent_at_base = exact, spent
+        if low is not None:
+            self._low_base = (low, spent)
 
     def equity(self) -> int | None:
         """The account's equity now: its cash plus every position at the last price (a fill the last read

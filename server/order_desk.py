@@ -581,10 +581,8 @@ class OrderDesk:
             # today's P&L and fees would move with it: a real loss out of the account's daily-loss
             # count, or a virtual gain into the account's equity and drawdown peak
             raise ValueError(f"{agent} traded today: switch between shadow and live from the next trading day")
-        cash = self.book.portfolio.cash()
-        self.book.portfolio.set_virtual(agent, shadow)
-        if cash is not None:  # the agent's past books change sides, the account's cash does not
-            self.book.portfolio.set_account_cash(cash)
+        # the agent's past books change sides, the account's cash does not
+        self.book.portfolio.keep_cash_through(lambda: self.book.portfolio.set_virtual(agent, shadow))
         with self.book.store.transaction():
             self.book.store.set_meta(SHADOW_KEY, msgspec.json.encode(sorted(virtual)).decode())
 

@@ -458,3 +458,49 @@ async def test_an_ambiguous_read_is_read_again_once_soon_not_every_second(monkey
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def _read(b: Books, answer: BrokerAccount, during: object = None, flows: list[int] | None = None) -> None:
+    r = read_with(b, answer, during)
+    if flows is not None:
+        r.on_cash_flow = flows.append
+    asyncio.run(r.read_once())
+
+
+def test_a_first_read_ever_that_is_ambiguous_is_compared_with_nothing() -> None:
+    """(a fourth review) No kept base (a first start): the first read, low by a buy of its flight KIS had counted,
+    was the base the next exact reads compared with: 'money moved in +6,000,900'."""
+    b = Books()
+    flows: list[int] = []
+    _read(b, snapshot(50_000_000 - 6_000_900), lambda: b.fill(Side.BUY, 100, 60_000), flows)
+    for _ in range(3):
+        _read(b, snapshot(50_000_000 - 6_000_900), None, flows)
+    assert flows == [] and b.p.cash() == 50_000_000 - 6_000_900
+
+
+def test_switching_an_agent_between_shadow_and_live_keeps_both_bases() -> None:
+    """(a fourth review) The shadow/live switch re-based the account's cash on cash(), an ambiguous read's low bound:
+    it became the exact base and the next exact reads told 'money moved in'. Both bases are kept through it."""
+    b = Books()
+    b.p.set_account_cash(50_000_000)
+    flows: list[int] = []
+    _read(b, snapshot(50_000_000 - 6_000_900), lambda: b.fill(Side.BUY, 100, 60_000), flows)  # KIS counted it
+    assert b.p.reread and b.p.cash() == 50_000_000 - 2 * 6_000_900
+    b.p.keep_cash_through(lambda: b.p.set_virtual("bravo", True))  # (order_desk's switch of another agent)
+    assert b.p.cash() == 50_000_000 - 2 * 6_000_900  # still bounded by the ambiguous read
+    for _ in range(3):
+        _read(b, snapshot(50_000_000 - 6_000_900), None, flows)
+    assert flows == [] and b.p.cash() == 50_000_000 - 6_000_900
+
+
+def test_an_ambiguous_read_after_a_credited_one_is_not_lowered_by_the_credit() -> None:
+    """(a fourth review) A read with totals counted a buy the books had not booked (its credit kept out of cash());
+    the next, ambiguous read's answer has it spent already: the credit is not taken off it again."""
+    b = Books()
+    _read(b, snapshot(10_000_000, bought=0, sold=0))
+    b.place(Side.BUY, 10, 60_000)  # rests; it fills at KIS, its notice comes late
+    broker = 10_000_000 - 600_090
+    _read(b, snapshot(broker, bought=600_000, sold=0))
+    assert b.p.cash() == broker
+    _read(b, snapshot(broker), lambda: b.fill(Side.BUY, 1, 60_000))  # ambiguous: KIS had not counted it yet
+    assert b.p.reread and b.p.cash() == broker - 60_009
