@@ -967,9 +967,9 @@ class Portfolio:
             return
         self.reread = ambiguous
         self._low_base = None
-        # the base the jump is measured from: the last exact read's; none after a first read that was ambiguous
-        # (its base was low by its flight: the next exact read told 'money moved in', a review)
-        # (an ambiguous read reaching here is a process's first, or one after it: it is the base, compared with none)
+        # the base the jump is measured from: the last exact read's. An ambiguous read reaching here is a process's
+        # first (or one after it): it is the base, compared with none, and the next exact read is compared with the
+        # last process's kept read, not with it (it was low by its flight: 'money moved in', a review)
         before = None if self._unsure_base or ambiguous else self._exact()
         self._unsure_base = ambiguous
         if before is None and self._kept is not None and not ambiguous:

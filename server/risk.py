@@ -239,7 +239,7 @@ class RiskGate:
         # level over a person's halt, and halts stored before it: a review)
         if halting_only and not self.hard_halted(key):
             return notes
-        count = len(self.agent_rejections.get(agent, ())) if agent else self.recent_broker_errors()
+        count = self.recent_rejections(agent) if agent else self.recent_broker_errors()
         forgive = not halting_only or bool(self.kill_errors and count >= self.kill_errors)
         if agent:
             lim = card.risk if card is not None else RiskLimits()
