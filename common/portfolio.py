@@ -971,7 +971,14 @@ class Portfolio:
         # first (or one after it): it is the base, compared with none, and the next exact read is compared with the
         # last process's kept read, not with it (it was low by its flight: 'money moved in', a review)
         before = None if self._unsure_base or ambiguous else self._exact()
+        if self._unsure_base and not ambiguous and self._kept is None:
+            self.cash_doubt = (0, 0)  # (the unsure base's doubt: this exact read is the base, compared with none)
         self._unsure_base = ambiguous
+        if ambiguous:
+            # a base under the broker's cash by none to all of its flight's fills, compared with nothing: no drawdown
+            # judged on that (a restart's first read meeting a counted buy judged the equity 12 % low: a review)
+            flight = self._paid - mark.paid + self._traded - mark.traded
+            self.cash_doubt = (self.cash_doubt[0], max(self.cash_doubt[1], flight))
         if before is None and self._kept is not None and not ambiguous:
             # the first exact read of this process: against the last read of the one before (money moved while the
             # gateway was down: 30 M withdrawn overnight read as a 30 % drawdown at the start, a review)
@@ -987,7 +994,7 @@ class Portfolio:
         self.cash_base = cash
         self._spent_at_base = spent - uncounted
         self._last_mark = mark
-        self.ahead = ahead and before is not None
+        self.ahead = ahead and (before is not None or ambiguous)  # (an unsure base's too: reconciliation is asked)
         jump = 0 if before is None else cash - uncounted - before
         if self.ahead:
             # the broker's cash moved with trades the books have not booked yet (the KIS app's buy: reconciliation
