@@ -330,24 +330,24 @@ class Portfolio:
             self._rest(new, True)
             self._open[new.client_order_id] = new
         o = new if new is not None else old
-        if o is not None and o.side is Side.BUY:  # each code's buys by the day of their orders (day_pnl_without)
-            dq = (new.filled_qty if new is not None else 0) - (old.filled_qty if old is not None else 0)
-            if dq:
-                dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
-                day = self.order_day(o) or self._day
-                got_buys = self._buys_on.setdefault(day, {}).setdefault((o.agent, o.code), [0, 0])
-                got_buys[0] += dq
-                got_buys[1] += dv
-        if o is not None and o.agent not in self.virtual:
-            dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
-            if dv:
-                day = self.order_day(o) or self._day
-                if day == self._day:
-                    self._traded += abs(dv)
-                got = self._traded_on.get(day)
-                if got is None:
-                    got = self._traded_on[day] = [0, 0]
-                got[o.side is not Side.BUY] += dv
+        if o is None:
+            return
+        dq = (new.filled_qty if new is not None else 0) - (old.filled_qty if old is not None else 0)
+        dv = (new.filled_value if new is not None else 0) - (old.filled_value if old is not None else 0)
+        if not (dq or dv):  # (a fill repriced by reconciliation moves the value alone)
+            return
+        day = self.order_day(o) or self._day
+        if dq and o.side is Side.BUY:  # each code's buys by the day of their orders (day_pnl_without)
+            got_buys = self._buys_on.setdefault(day, {}).setdefault((o.agent, o.code), [0, 0])
+            got_buys[0] += dq
+            got_buys[1] += dv
+        if dv and o.agent not in self.virtual:
+            if day == self._day:
+                self._traded += abs(dv)
+            got = self._traded_on.get(day)
+            if got is None:
+                got = self._traded_on[day] = [0, 0]
+            got[o.side is not Side.BUY] += dv
 
     @property
     def _bought(self) -> int:

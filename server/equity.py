@@ -247,10 +247,9 @@ class AccountReader:
             if self.unsupported:
                 return
             try:
-                # (a read that could not tell which fills of its flight it counted: the next soon, to decide on an
-                # exact one; Portfolio.reread)
-                # (once: a re-read that is ambiguous again waits the period, or a busy account read every second
-                # all day, most of a paper account's 2 requests a second)
+                # a read that could not tell which fills of its flight it counted (Portfolio.reread): the next soon, to
+                # decide on an exact one; once (a re-read ambiguous again waits the period: a busy account read every
+                # second all day would take most of a paper account's 2 requests a second)
                 reread = ok and self.portfolio.reread and not self._rereading
                 self._rereading = reread
                 wait = REREAD_S if reread else self.every_s if ok else min(self.every_s, 5.0)

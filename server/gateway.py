@@ -841,8 +841,7 @@ class Gateway:
         )
         text = (
             f"{started}{loop}; the previous gateway of this folder (pid {previous.pid}, started {at}) ended without "
-            f"its clean "
-            f"stop (killed, crashed, out of memory or power lost: its log says which); this start found "
+            "its clean stop (killed, crashed, out of memory or power lost: its log says which); this start found "
             f"{len(orders)} open orders, {doubt} of them in doubt (checked with the broker at the first "
             f"reconciliation, never sent again){halted}"
         )

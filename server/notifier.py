@@ -404,6 +404,18 @@ GIVE_UP_S = 900.0
 # messages; a critical alert delivered by no channel this long: the heartbeat pings its failure URL
 OUTAGE_ALERT_S = 60.0
 SEND_DEADLINE_S = 30.0  # one send in all, for a channel that names no deadline of its own (Channel.deadline_s)
+
+
+def send_deadline(ch: Channel) -> float:
+    """The longest one send through `ch` may take in all (its own deadline_s, else SEND_DEADLINE_S)."""
+    return float(getattr(ch, "deadline_s", SEND_DEADLINE_S))
+
+
+def gateway_label(run_dir: object) -> str:
+    """How the gateway names itself in every message: host and run folder."""
+    return f"{os.uname().nodename}:{run_dir}"
+
+
 LATE_S = 60.0  # a message sent this long after its alert was raised says when it was raised
 HEARTBEAT_TIMEOUT_S = 10.0  # one heartbeat ping at most this long (and never longer than heartbeat_s)
 STOP_GRACE_S = 3.0  # at stop, what is still queued gets this long to go out; then the senders are cancelled
@@ -523,7 +535,7 @@ class _Lane:
         self.name = name or ch.name  # unique among the notifier's channels (the status is keyed by it)
         self.cap = owner.cfg.queue_size
         self.ident = str(getattr(ch, "ident", self.name))  # who it reaches (Notifier.undelivered keeps it)
-        self.deadline_s = float(getattr(ch, "deadline_s", SEND_DEADLINE_S))  # one send in all (Channel)
+        self.deadline_s = send_deadline(ch)  # one send in all (Channel)
         self.queue: deque[_Item] = deque()
         self.inflight: list[_Item] = []
         # Dedup is per channel and stamped on delivery: a repeat is suppressed only where the alert is

@@ -114,7 +114,7 @@ from server.marketdata import MarketData
 from server.md_sanity import MarketSanity
 from server.stockmaster import MasterKeeper, master_line
 from server.universe import Universe
-from server.notifier import Notifier
+from server.notifier import Notifier, gateway_label
 from server.order_book import OrderBook
 from common.orders import is_gateway_exit
 from server.order_desk import OPERATOR_FLATTEN, OrderDesk
@@ -207,7 +207,7 @@ class Operator:
         self.gw = gw
         self.publish = gw.publish
         self.clock = clock
-        self.notifier = notifier or Notifier(gw.cfg.notify, gateway=f"{os.uname().nodename}:{gw.cfg.run_dir}")
+        self.notifier = notifier or Notifier(gw.cfg.notify, gateway=gateway_label(gw.cfg.run_dir))
         self.watch = AlertWatch(gw.cfg.notify)
         self.cards: dict[str, AgentCard] = {}
         for agent, raw in gw.store.meta_prefix(CARD_META).items():

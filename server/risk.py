@@ -239,8 +239,11 @@ class RiskGate:
         # level over a person's halt, and halts stored before it: a review)
         if halting_only and not self.hard_halted(key):
             return notes
-        count = self.recent_rejections(agent) if agent else self.recent_broker_errors()
-        forgive = not halting_only or bool(self.kill_errors and count >= self.kill_errors)
+        # (counted for a reduce only: counting prunes the lists a resume's note counts)
+        forgive = not halting_only or bool(
+            self.kill_errors
+            and (self.recent_rejections(agent) if agent else self.recent_broker_errors()) >= self.kill_errors
+        )
         if agent:
             lim = card.risk if card is not None else RiskLimits()
             peak_key, pnl = agent, p.day_pnl(agent)

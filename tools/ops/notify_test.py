@@ -5,12 +5,11 @@ gateway need not run; nothing of a running one's queue or de-duplication is touc
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 
 from common.config import NotifyConfig
 from common.enums import AlertKind
-from server.notifier import Alert, SendError, channels_for
+from server.notifier import Alert, Channel, SendError, channels_for, gateway_label, send_deadline
 
 
 @dataclass(frozen=True)
@@ -25,20 +24,22 @@ TEXT = "a test message from `ktrader notify-test`: this channel reaches you"
 
 async def send_test(cfg: NotifyConfig, run_dir: str) -> list[Tried]:
     """Every channel at once (a slow one delays no other), each within its own deadline."""
-    gateway = f"{os.uname().nodename}:{run_dir}"  # (as the gateway names itself: server/operator.py)
+    gateway = gateway_label(run_dir)
     channels = channels_for(cfg, gateway)
     alert = Alert(kind=AlertKind.OPERATOR, text=TEXT)
 
-    async def one(ch: object) -> Tried:
-        name = getattr(ch, "name", "?")
+    async def one(ch: Channel) -> Tried:
+        deadline = send_deadline(ch)
         try:
-            await asyncio.wait_for(ch.send(alert, alert.line(gateway)), ch.deadline_s)  # type: ignore[attr-defined]
-            return Tried(name, True)
+            await asyncio.wait_for(ch.send(alert, alert.line(gateway)), deadline)
+            return Tried(ch.name, True)
         except SendError as e:
-            return Tried(name, False, f"{e}" + (": a configuration problem (fix it in [notify])" if e.config else ""))
+            return Tried(
+                ch.name, False, f"{e}" + (": a configuration problem (fix it in [notify])" if e.config else "")
+            )
         except TimeoutError:
-            return Tried(name, False, f"no answer within {ch.deadline_s:.0f} s")  # type: ignore[attr-defined]
+            return Tried(ch.name, False, f"no answer within {deadline:.0f} s")
         finally:
-            await ch.close()  # type: ignore[attr-defined]
+            await ch.close()
 
     return list(await asyncio.gather(*(one(c) for c in channels)))
