@@ -234,22 +234,20 @@ def _backtest(
             max_participation_bp=max(1, round(max_participation * 10_000)),
             history=hist,
         )
+        # a universe is loaded code by code: a file the loader refuses fails its code, said, not the run (a hunt)
         refused: list[str] = []
-        if opts.universe:  # one file the loader refuses fails its code, said, not the whole universe (a hunt)
-            series: dict[str, Series] = {}
-            for code in codes:
-                try:
-                    series |= load_series(
-                        [code], bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
-                    )
-                except DataError as e:
-                    refused.append(str(e))
-            if not series:
-                raise DataError(f"no file of the universe could be used: {refused[0]}" + _more(refused))
-        else:
-            series = load_series(
-                codes, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
-            )
+        series: dict[str, Series] = {}
+        for group in [[c] for c in codes] if opts.universe else [codes]:
+            try:
+                series |= load_series(
+                    group, bars, d_to, data, run_dir, strict=opts.strict, prices=opts.prices, listings=listings
+                )
+            except DataError as e:
+                if not opts.universe:
+                    raise
+                refused.append(str(e))
+        if refused and not series:
+            raise DataError(f"no file of the universe could be used: {refused[0]}" + _more(refused))
         bench = _benchmark(benchmark, data, run_dir, d_to) if benchmark else None
         grid = parse_sweep(opts.sweep, c.params) if opts.sweep else []
         wf = parse_walk_forward(opts.walk_forward) if opts.walk_forward else None

@@ -53,6 +53,7 @@ import functools
 import logging
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -794,11 +795,9 @@ class Backtest:
         refused = [o for o in self.broker.orders.values() if o.state in (OrderState.DENIED, OrderState.REJECTED)]
         if not refused:
             return []
-        counts: dict[str, int] = {}
-        for o in refused:
-            counts[o.reason_code or o.state.value] = counts.get(o.reason_code or o.state.value, 0) + 1
+        counts = Counter(o.reason_code or o.state.value for o in refused)
         first = min(refused, key=lambda o: o.created_ns)
-        by = ", ".join(f"{c} x{n:,}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        by = ", ".join(f"{c} x{n:,}" for c, n in counts.most_common())
         return [
             f"{len(refused):,} order{'' if len(refused) == 1 else 's'} refused ({by}; the first: "
             f"{first.client_order_id} {first.code} {first.side.value} {first.qty:,}: {first.reason}): see orders.csv"
