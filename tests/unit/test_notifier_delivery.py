@@ -82,11 +82,13 @@ async def test_failed_send_arrives_on_retry_and_dedup_counts_only_delivery() -> 
     task = asyncio.create_task(n.run())
     try:
         assert n.alert(AlertKind.SESSION_DOWN, SESSION)
-        await until(lambda: flaky.tries == 1 and len(ok.sent) == 1)
-        assert flaky.sent == [] and n.counters["failed"] == 1
+        # (each failed try waited for until the lane has counted it: the clock moved before that would put its
+        # back-off past the advance)
+        await until(lambda: n.counters["failed"] == 1 and len(ok.sent) == 1)
+        assert flaky.sent == [] and flaky.tries == 1
         assert not n.alert(AlertKind.SESSION_DOWN, SESSION)  # pending on one channel, delivered on the other
         clock.advance(1.0)  # the first back-off: tried again, fails again
-        await until(lambda: flaky.tries == 2)
+        await until(lambda: n.counters["failed"] == 2)
         clock.advance(2.0)  # the second back-off: it arrives
         await until(lambda: len(flaky.sent) == 1)
         assert "BROKER SESSION DOWN" in flaky.sent[0] and SESSION in flaky.sent[0]
@@ -107,10 +109,10 @@ async def test_undelivered_alert_is_given_up_once_and_may_be_raised_again(caplog
     task = asyncio.create_task(n.run())
     try:
         assert n.alert(AlertKind.STALE_MARKET_DATA, STALE)
-        await until(lambda: ch.tries == 1)
+        await until(lambda: n.counters["failed"] == 1)  # counted before the clock moves (see above)
         for _ in range(4):  # retries while it is down: still queued
             clock.advance(60.0)
-            await until(lambda tries=ch.tries: ch.tries > tries)
+            await until(lambda failed=n.counters["failed"]: n.counters["failed"] > failed)
         assert n.status()["queued"] == 1 and n.counters["given_up"] == 0
         clock.advance(notifier_mod.GIVE_UP_S)
         await until(lambda: n.counters["given_up"] == 1)
@@ -186,7 +188,7 @@ async def test_after_a_refused_message_the_alert_goes_alone() -> None:
         await until(lambda: n.counters["limited"] == 1)
         ch.fail_left = 1
         n.alert(AlertKind.KILL_SWITCH, "kill switch", subject="k")  # with order 1 riding on it: refused
-        await until(lambda: ch.tries == 2)
+        await until(lambda: n.counters["failed"] == 1)  # counted before the clock moves
         clock.advance(notifier_mod.backoff_s(1))
         await until(lambda: len(ch.sent) == 2)
         assert "KILL SWITCH" in ch.sent[1] and "order 1" not in ch.sent[1]  # alone: the rider waits its turn
