@@ -94,6 +94,13 @@ class TwinClock:
             self._anchor(SessionTimes(nxt).auction_open)
         return nxt
 
+    def go_on_from(self, when: dt.datetime) -> None:
+        """Open mode: run on from `when` (a restart on a state file: the time it had reached, never back to a time of
+        the same day already traded). Other modes follow their own anchors: unchanged."""
+        if self.mode is ClockMode.OPEN and when > self.now():
+            self._day, self._closed = when.date(), False
+            self._anchor(when)
+
     def move_to(self, when: dt.datetime) -> None:
         """Jump to a KST time (kst/replay modes; open mode takes the date and starts it at its opening)."""
         # naive: KST; another offset is the same instant in KST (kept, its date was another market day's)

@@ -20,13 +20,13 @@ from aiohttp import web
 
 from kis.sim.admin import AdminApi
 from kis.sim.rest import RestApi
+from kis.sim.state import SAVE_EVERY_S
 from kis.sim.twin import DemoCredentials, Twin, TwinConfig, demo_credentials
 from kis.sim.ws import WsHub
 
 __all__ = ["TwinServer", "TwinConfig", "DemoCredentials", "demo_credentials"]
 
 log = logging.getLogger("kis.sim.server")
-STATE_SAVE_EVERY_S = 5.0
 
 
 class TwinServer:
@@ -130,7 +130,7 @@ class TwinServer:
                 if interval > 0:
                     ex.step()
                 since_save += period
-                if self.config.state_file is not None and since_save >= STATE_SAVE_EVERY_S:
+                if self.config.state_file is not None and since_save >= SAVE_EVERY_S:
                     since_save = 0.0
                     self.save_state()
             except Exception:  # the loop must survive anything a step can throw

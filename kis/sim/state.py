@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kis.sim.twin import Twin
 
 VERSION = 1
+SAVE_EVERY_S = 5.0  # a running twin's saves (kis/sim/server.py); a stop saves at once
 ODNO_GAP_AFTER_RESTORE = 100_000  # order numbers skipped at a restore (more than a twin takes between two saves)
 
 
@@ -43,6 +44,8 @@ def save(twin: Twin, path: Path) -> None:
         "seed": twin.config.seed,
         "day": ex.day.isoformat(),
         "odno_seq": ex._odno_seq,
+        # an open clock's time reached: a restart goes on from it (open mode starts each day at its opening)
+        "open_at": twin.clock.now().isoformat() if getattr(twin.clock, "mode", None) is ClockMode.OPEN else None,
         "keys": [dataclasses.asdict(k) for k in twin.auth.keys.values()],
         "accounts": [
             {
@@ -82,6 +85,13 @@ def restore(twin: Twin, path: Path) -> None:
         # books of that day, its end-of-day marks and reports, would be met again)
         twin.clock.move_to(dt.datetime.combine(ahead, dt.time(9, 0)))
         ex._roll_day(ahead)
+    if getattr(twin.clock, "mode", None) is ClockMode.OPEN and (at := doc.get("open_at")):
+        # and from the time of day it had reached: restarted at the opening again, the day's times went back (a second
+        # `ktrader demo` met the first one's orders and alerts stamped after its own 'now', counted in its windows)
+        # (plus the seconds a kill -9 may have left unsaved: orders of those were stamped then)
+        reached = dt.datetime.fromisoformat(at)
+        if reached.date() == ex.day:
+            twin.clock.go_on_from(reached + dt.timedelta(seconds=SAVE_EVERY_S))
     for k in doc.get("keys", []):
         twin.auth.keys[k["key"]] = AppKey(**k)
     ex.accounts.clear()

@@ -240,6 +240,26 @@ def test_a_restarted_open_twin_goes_on_from_the_day_it_had_reached(tmp_path: Pat
     assert again.exchange.day == dt.date(2026, 3, 6) and again.clock.today() == dt.date(2026, 3, 6)
 
 
+def test_a_restarted_open_twin_goes_on_from_the_time_it_had_reached(tmp_path: Path) -> None:
+    """An open clock starts a day at its opening: a twin restarted on its state file the same day went back to
+    09:00, so the gateway met its own orders and alerts of the run before stamped after 'now' (a second
+    `ktrader demo` showed the first one's 'agent stopped' alerts at its own time). It goes on from the time reached."""
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    state = tmp_path / "twin-state.json"
+    first = Twin(TwinConfig(date=dt.date(2026, 3, 4), state_file=state))
+    first.clock._real0 -= 20 * 60  # twenty minutes into the session
+    reached = first.clock.now()
+    assert reached.date() == dt.date(2026, 3, 4) and reached.time() >= dt.time(9, 20)
+    save(first, state)
+    again = Twin(TwinConfig(date=dt.date(2026, 3, 4), state_file=state))
+    assert again.clock.now() >= reached and again.clock.today() == dt.date(2026, 3, 4)
+    assert again.clock.phase() is Phase.CONTINUOUS and again.exchange.day == dt.date(2026, 3, 4)
+    fresh = Twin(TwinConfig(date=dt.date(2026, 3, 4)))  # without a state file: the opening, as before
+    assert fresh.clock.now().time() < dt.time(9, 1)
+
+
 def test_an_order_placed_as_the_open_clock_turns_the_day_belongs_to_the_new_day() -> None:
     """The clock turns the day for whoever reads it first (the gateway): an order placed before the
     market loop's next tick is the new day's, not expired by that tick's roll with no notice."""
