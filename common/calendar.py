@@ -2,9 +2,12 @@
 sessions of 1986–1998, and late-open days.
 
 Holidays 1986–2026 are the weekdays without a session in the XKRX calendar of exchange_calendars
-(shared/data/krx_calendar/xkrx.csv, Apache-2.0; checked by tests/unit/test_calendar.py); 2027 is the
-exchange_calendars 4.13.2 rule set. Until 1998-12-05 KRX also traded on Saturdays (half days), except
-on the Saturdays listed in _SATURDAY_HOLIDAYS_MMDD. Extend HOLIDAYS each year: an unknown year falls
+(shared/data/krx_calendar/xkrx.csv, Apache-2.0; checked by tests/unit/test_calendar.py) but 2026-07-17: Constitution
+Day is a public holiday again from 2026 (공휴일에 관한 법률 amended 2026-01-29, in force from that year's 7/17), which
+the file predates; 2027 is the exchange_calendars 4.13.2 rule set, with the same change (7/17 falls on a Saturday;
+a substitute Monday 07-19 is UNCONFIRMED: the decree must name it; if KRX closes it, a real account's holiday inquiry
+or a paper account's refusals close it: server/session_days.py). Until 1998-12-05 KRX also traded on Saturdays
+(half days), except on the Saturdays listed in _SATURDAY_HOLIDAYS_MMDD. Extend HOLIDAYS each year: an unknown year falls
 back to "weekdays are trading days" and `known_year()` says so, so callers can warn. Session hours
 before 2000 (and Saturday half days) are not modelled: `session_hours` gives today's hours.
 """
@@ -61,7 +64,7 @@ _HOLIDAYS_MMDD: dict[int, str] = {
     2023: "0123 0124 0301 0501 0505 0529 0606 0815 0928 0929 1002 1003 1009 1225 1229",
     2024: "0101 0209 0212 0301 0410 0501 0506 0515 0606 0815 0916 0917 0918 1001 1003 1009 1225 1231",
     2025: "0101 0127 0128 0129 0130 0303 0501 0505 0506 0603 0606 0815 1003 1006 1007 1008 1009 1225 1231",
-    2026: "0101 0216 0217 0218 0302 0501 0505 0525 0603 0817 0924 0925 1005 1009 1225 1231",
+    2026: "0101 0216 0217 0218 0302 0501 0505 0525 0603 0717 0817 0924 0925 1005 1009 1225 1231",
     2027: "0101 0208 0209 0301 0505 0513 0816 0914 0915 0916 1004 1011 1227 1231",
 }
 

@@ -27,12 +27,13 @@ def test_matches_xkrx_sessions_1986_2026(shared_data) -> None:
     rows = list(csv.reader(open(shared_data / "krx_calendar" / "xkrx.csv")))[1:]
     sessions = {dt.date.fromisoformat(r[0][:10]): r for r in rows}
     mine = set(trading_days(dt.date(1986, 1, 1), dt.date(2026, 12, 30)))
-    theirs = {d for d in sessions if d <= dt.date(2026, 12, 30)}
+    # the file predates the law that made Constitution Day a public holiday again from 2026 (common/calendar.py)
+    theirs = {d for d in sessions if d <= dt.date(2026, 12, 30)} - {dt.date(2026, 7, 17)}
     assert mine == theirs  # Saturday sessions to 1998-12-05 included
     assert is_trading_day(dt.date(1998, 12, 5)) and not is_trading_day(dt.date(1998, 12, 12))
     # late opens: the file marks first-day and CSAT opens at 01:00 UTC (10:00 KST)
     for d, r in sessions.items():
-        if d.year < 2017 or d > dt.date(2026, 12, 29) or d == dt.date(2026, 11, 19):
+        if d.year < 2017 or d > dt.date(2026, 12, 29) or d in (dt.date(2026, 11, 19), dt.date(2026, 7, 17)):
             # 2016 and earlier had other hours; the file predates the 2026 CSAT date (11-19) and
             # marks 2026-12-30 as a late open by a rule artefact (it is a normal day).
             continue
@@ -44,6 +45,8 @@ def test_known_days() -> None:
     assert not is_trading_day(dt.date(2026, 12, 31))  # year-end closing day
     assert not is_trading_day(dt.date(2026, 6, 3))  # local election day
     assert not is_trading_day(dt.date(2025, 6, 3))  # presidential election
+    assert not is_trading_day(dt.date(2026, 7, 17))  # Constitution Day, a public holiday again from 2026
+    assert next_trading_day(dt.date(2026, 7, 16)) == dt.date(2026, 7, 20)
     assert is_trading_day(dt.date(2026, 11, 20))
     assert next_trading_day(dt.date(2026, 11, 20)) == dt.date(2026, 11, 23)
     assert previous_trading_day(dt.date(2026, 1, 2)) == dt.date(2025, 12, 30)
