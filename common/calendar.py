@@ -256,12 +256,15 @@ def close_ns(day: dt.date, closed: dt.time | None = None) -> int | None:
     return int(dt.datetime.combine(day, at, KST).timestamp()) * 1_000_000_000
 
 
-def schedule_end(day: dt.date, end: dt.time) -> dt.time:
+def schedule_end(day: dt.date, end: dt.time, start: dt.time | None = None) -> dt.time:
     """A card's `[schedule] end` (a time of a normal day, meaning "this long before the close") on `day`. First in its
     era's hours: before LONGER_SESSION_FROM the usual session closed at 15:00 with the same open, so an end in the
     session's last stretch keeps its distance to the close but never falls inside the closing call's ten minutes
     (15:20 -> 14:50) and an earlier end stands (a morning window's 10:00 is 10:00). Then moved as far as that day's
-    close moves from its era's usual one where the whole session shifts (a CSAT day: an hour, in either era)."""
+    close moves from its era's usual one where the whole session shifts (a CSAT day: an hour, in either era).
+    With the card's `start`: on a day that opens late but closes as usual (the year's first session) the start moves
+    with the open (common/risk_rules.py before_start); an end it would reach is a morning window's, moved as the open
+    is (a 09:30-10:15 window is 10:30-11:15 that day, not an empty one whose flatten ran at 10:15)."""
     hours = session_hours(day)
     if hours is None:
         return end
@@ -272,7 +275,14 @@ def schedule_end(day: dt.date, end: dt.time) -> dt.time:
         call = dt.datetime.combine(day, usual[1]) - CLOSING_CALL
         at = max(at + delta, min(at, call))
     shift = dt.datetime.combine(day, hours[1]) - dt.datetime.combine(day, usual[1])
-    return (at + shift).time() if shift > dt.timedelta() else at.time()
+    if shift > dt.timedelta():
+        at += shift
+    late = dt.datetime.combine(day, hours[0]) - dt.datetime.combine(day, usual[0])
+    if start is not None and late > dt.timedelta():
+        first = max(dt.datetime.combine(day, start), dt.datetime.combine(day, usual[0])) + late
+        if at <= first:
+            at = dt.datetime.combine(day, end) + late
+    return at.time()
 
 
 @lru_cache(maxsize=None)

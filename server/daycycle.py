@@ -192,8 +192,12 @@ class DayCycle:
 
 
 def card_end(card: AgentCard, day: dt.date) -> dt.datetime:
-    """`card`'s `schedule.end` on `day` (KST), a time of a normal day moved as the day's close is (CSAT day)."""
-    return dt.datetime.combine(day, schedule_end(day, dt.time.fromisoformat(card.schedule.end)), KST)
+    """`card`'s `schedule.end` on `day` (KST), a time of a normal day moved as the day's close is (CSAT day), or as its
+    open is where its start would pass it (the year's first session: calendar.schedule_end)."""
+    sched = card.schedule
+    return dt.datetime.combine(
+        day, schedule_end(day, dt.time.fromisoformat(sched.end), dt.time.fromisoformat(sched.start)), KST
+    )
 
 
 def policy_due(card: AgentCard, day: dt.date, times: SessionTimes) -> dt.datetime | None:

@@ -60,3 +60,33 @@ def test_the_end_moves_with_the_late_close_only_and_an_early_close_moves_the_las
     assert end(old, t("15:00")) == t("14:50") and end(old, t("10:00")) == t("10:00")  # a morning window stands
     assert end(dt.date(2015, 11, 12), t("15:20")) == t("15:50")  # that era's CSAT day: 10:00-16:00
     assert end(dt.date(2015, 11, 12), t("09:20")) == t("10:20")  # the whole session an hour later, not 30 min
+
+
+def test_a_morning_window_moves_with_the_years_late_first_open() -> None:
+    """(a hunt) The year's first session opens at 10:00 and closes as usual: a card's start moves with the open
+    (09:30 -> 10:30: common/risk_rules.py before_start) but its end did not, so a 09:30-10:15 window was empty that
+    day (its flatten ran at 10:15, every order of its own refused) and a 09:00-09:50 one flattened at the open. An end
+    the moved start reaches moves as the open does; an afternoon end stands (it is "this long before the close")."""
+    from server.daycycle import policy_due
+    from common.krx import SessionTimes
+
+    first = first_trading_day_of_year(2027)
+    assert first == dt.date(2027, 1, 4)
+    end, t = calendar.schedule_end, dt.time.fromisoformat
+    assert end(first, t("10:15"), t("09:30")) == t("11:15")
+    assert end(first, t("09:50"), t("09:00")) == t("10:50")  # the default start: the window from the open
+    assert end(first, t("10:45"), t("09:30")) == t("10:45")  # the moved start (10:30) still before it: stands
+    assert end(first, t("15:20"), t("09:30")) == t("15:20")
+    assert end(NORMAL, t("10:15"), t("09:30")) == t("10:15")  # a normal day as before
+    assert end(CSAT, t("10:15"), t("09:30")) == t("11:15")  # the whole session shifted: as before
+    assert end(first, t("10:15")) == t("10:15")  # without the start: the close's rule alone
+    morning = AgentCard(
+        id="m",
+        name="m",
+        strategy="x:Y",
+        schedule=Schedule(start="09:30", end="10:15", end_of_day=EndOfDay.FLATTEN),
+    )
+    assert policy_due(morning, first, SessionTimes(first)) == dt.datetime.combine(first, t("11:15"), KST)
+    assert policy_due(morning, dt.date(2027, 1, 5), SessionTimes(dt.date(2027, 1, 5))) == dt.datetime.combine(
+        dt.date(2027, 1, 5), t("10:15"), KST
+    )

@@ -693,10 +693,15 @@ class Backtest:
     # ---- the end of day ---------------------------------------------------------------------------
 
     def _end_minute_of(self, day: str) -> int:
-        """The card's `end` on `day` in minutes after midnight, moved as the session's close (the CSAT day)."""
+        """The card's `end` on `day` in minutes after midnight, moved as the session's close (the CSAT day), or as its
+        open where the card's start would pass it (the year's first session), as live's (calendar.schedule_end)."""
         if not known_year(int(day[:4])):
             return self._end_minute
-        end = schedule_end(dt.date.fromisoformat(day), dt.time(*divmod(self._end_minute, 60)))
+        end = schedule_end(
+            dt.date.fromisoformat(day),
+            dt.time(*divmod(self._end_minute, 60)),
+            dt.time.fromisoformat(self.card.schedule.start),
+        )
         return end.hour * 60 + end.minute
 
     def _eod_steps(self) -> list[int]:
