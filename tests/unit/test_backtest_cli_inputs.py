@@ -275,3 +275,14 @@ def test_worker_logs_are_summarised_as_with_one_worker(
     assert outs["2"] == err and outs["3"] == err
     res = [(tmp_path / w / "sweep.json").read_text() for w in ("1", "2", "3")]
     assert res[0] == res[1] == res[2]
+
+
+def test_a_range_of_closed_days_inside_the_data_is_said_so(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a hunt) 2025-12-31 (the year-end closure) to 2026-01-01 (a holiday) is inside the data: it was told to give
+    dates within the data. It is told the range holds no KRX session and which is the next."""
+    assert main(_args(_card(tmp_path), shared_data / FDR, tmp_path, "2025-12-31", "2026-01-01")) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "no KRX session between 2025-12-31 and 2026-01-01" in line and "the next session is 2026-01-02" in line
+    assert "within the data" not in line

@@ -70,7 +70,9 @@ from common.calendar import (
     known_year,
     late_hours_of,
     next_session,
+    next_trading_day,
     schedule_end,
+    trading_days,
 )
 from common.clock import KST
 from common.errors import ErrorCode, KtraderError
@@ -121,6 +123,12 @@ def no_bars(codes: list[str], series: dict[str, Series], lo: dt.date, hi: dt.dat
         if held
         else f"the data has none up to {hi}"
     )
+    if not trading_days(lo, hi):  # (dates inside the data, all of them closed: the range's own fault, said so)
+        nxt = next_trading_day(hi)
+        return BacktestInputError(
+            f"no KRX session between {lo} and {hi} (weekends, holidays, the year-end closure): the next session is "
+            f"{nxt}; give --from/--to that hold one ({span})"
+        )
     return BacktestInputError(f"no bars for {codes} between {lo} and {hi} ({span}): give --from/--to within the data")
 
 
