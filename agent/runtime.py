@@ -729,13 +729,21 @@ class AgentRuntime(AgentServicesMixin):
         n = history_count(code, interval, n)  # (the strategy's own mistakes: strategy errors, not an outage)
         if self.client is None:
             raise HistoryUnavailable(ErrorCode.NOT_REGISTERED, f"history {code} {interval}: not connected to a gateway")
-        cut = self._delivering.start if self._delivering is not None and self._delivering.interval == interval else ""
+        d = self._delivering
+        cut = ""
+        if d is not None and d.interval == interval:
+            cut = d.start
+        elif d is not None and interval == BarInterval.D1:
+            # an intraday bar's daily history ends before the bar's day, as a backtest's: the day's own daily bar,
+            # stored at close + 1 min, was in it at the day's last bars (closed 2 s after their end) only (a hunt)
+            cut = d.start[:10]
         # (and the bars waiting to be handed over again after a history failure: the same, _keep_daily)
         waiting = (
             [*self._daily_retry.get(code, []), *self._catch_up.get(code, [])] if interval == BarInterval.D1 else []
         )
-        if not cut and waiting:
-            cut = min(b.start for b in waiting)
+        if waiting and not (d is not None and d.interval == interval):
+            first = min(b.start for b in waiting)
+            cut = min(cut, first) if cut else first
         # a running strategy rebuilding its windows (REBUILDS after the start): each interval's history ends at the
         # newest bar of it handed over already; those published since come through on_bar, as they would have (a
         # bar of another interval closed in the same flush, read here and then skipped as 'in the warm-up', lost

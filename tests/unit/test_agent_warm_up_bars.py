@@ -170,3 +170,31 @@ def test_a_rebuild_of_a_running_strategy_ends_at_what_was_handed_over(tmp_path: 
     assert s.window == ["09:50", "09:55", "10:00"]  # up to what was handed over
     rt._deliver(bar("10:05"))
     assert s.bars == ["5m@10:05"]  # its on_bar, not skipped
+
+
+class _DailyLook(_Seen):
+    def on_bar(self, b: Bar) -> None:
+        super().on_bar(b)
+        self.daily = [d.start for d in self.ctx.history(b.code, "1d", 2)]
+
+
+def test_an_intraday_bars_daily_history_ends_before_its_day(tmp_path: Path) -> None:
+    """(a hunt) The gateway stores the day's daily bar at close + 1 min, before the day's last intraday bars close
+    (2 s after their end): in on_bar of those, history('1d') held today's bar, at every other bar and in a backtest
+    yesterday's. Inside on_bar of an intraday bar the daily history ends before the bar's day; outside on_bar (a
+    timer after the close) today's bar is the latest closed one, as before."""
+    rt, _wire, _ = _runtime(tmp_path)
+    days = ["2026-05-25", "2026-05-26", "2026-05-27"]  # the last: today's, stored before the 15:30 bars closed
+    stored = [Bar(code="005930", interval="1d", start=d, open=1, high=1, low=1, close=1, volume=1) for d in days]
+
+    def answer(msg: Any, timeout_s: float) -> BarsReply:
+        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
+
+    rt.call_gateway = answer  # type: ignore[method-assign]
+    s = _DailyLook(rt, None)
+    s.on_start()
+    rt.strategy = s
+    rt._started = True
+    rt._deliver(bar("15:30", "1m"))
+    assert s.daily == ["2026-05-25", "2026-05-26"]
+    assert [d.start for d in rt.history("005930", "1d", 2)] == ["2026-05-26", "2026-05-27"]  # outside on_bar
