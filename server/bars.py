@@ -102,8 +102,9 @@ class _Acc:
 
 
 def bar_order(b: Bar) -> tuple[str, int, str]:
-    """Bars that close together go out by start, then interval, then code: the backtester delivers a
-    bar time's bars in the same code order, so a strategy meets them in the same order in both."""
+    """Bars that close together (a flush, the day's daily bars) go out by start, then interval, then code: the
+    backtester delivers a bar time's bars in that code order. An intraday bar closed by its code's next print goes
+    out at once, so within a minute live meets the codes in the order they trade (README, 'Backtest it')."""
     return b.start, MINUTES.get(b.interval, 1440), b.code
 
 

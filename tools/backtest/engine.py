@@ -17,7 +17,8 @@ Daily bars (`1d`), per bar time t (a trading day), in this order:
    whether a fill inside it came before `end`): fills stay as they are and the result warns once when
    a fill inside a bar (not at its open) may have come after it; under both, a CONDITIONAL's rest no
    longer fills at the close (live cancels it at `end`, before the closing call); `hold`: nothing;
-3. the strategy gets `on_bar` for every code with a bar at t, in code order (as the gateway closes them) (now() = t's
+3. the strategy gets `on_bar` for every code with a bar at t, in code order (as the gateway closes daily bars; live
+   intraday bars come as each code's next print closes them: README 'Backtest it') (now() = t's
    close, 15:30); orders it places go to the broker at once and live in the next KRX session (the
    calendar's, or the data's next day when the calendar has it closed), checked against that
    session's tick grid and band (common/krx_rules.py);
