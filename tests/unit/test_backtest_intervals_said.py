@@ -1,0 +1,33 @@
+"""(the bars hunt) A strategy deciding on several intervals (5m through the day, 1d after the close) gets one in a
+backtest run: the run says which decisions are missing from its result."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from agent.strategy import Strategy
+from common.config import AgentCard
+from common.enums import BarInterval
+from common.schema import Bar
+from tools.backtest.data import Series
+from tools.backtest.engine import BacktestConfig, run_backtest
+from tests.unit.test_first_session_window import CODE, FIRST, bars
+
+
+class FiveAndDaily(Strategy):
+    needs_bars = (BarInterval.M5, BarInterval.D1)  # trades through the day, decides overnight on the daily bar
+    calls: dict[str, int] = {}
+
+    def on_bar(self, bar: Bar) -> None:
+        FiveAndDaily.calls[bar.interval] = FiveAndDaily.calls.get(bar.interval, 0) + 1
+
+
+def test_a_run_that_cannot_give_every_interval_the_strategy_decides_on_says_so() -> None:
+    """(the bars hunt) A 5m run of a strategy on 5m and 1d bars never called on_bar with a daily bar, unsaid."""
+    card = AgentCard(id="both", name="both", strategy=f"{__name__}:FiveAndDaily", codes=[CODE])
+    day = dt.date.fromisoformat(FIRST)
+    FiveAndDaily.calls.clear()
+    r = run_backtest(card, {CODE: Series(CODE, bars())}, BacktestConfig(date_from=day, date_to=day, cash=10**8))
+    assert FiveAndDaily.calls == {"5m": 24}
+    said = [w for w in r.warnings if "gets 1d bars too live" in w]
+    assert len(said) == 1 and "5m bars only" in said[0], r.warnings
