@@ -118,7 +118,8 @@ def _bars(code: str, *hms: str) -> list[Bar]:
 
 def test_n_bars_before_the_delivered_one_and_the_latest_outside_on_bar(tmp_path: Path) -> None:
     """Inside on_bar the n bars before the delivered one (the agent asks one more, the delivered bar may be
-    the newest); other intervals are not cut; outside on_bar (on_timer, on_trade) the latest closed bars."""
+    the newest); a daily history ends before the bar's day (one more asked: today's may be stored already); outside
+    on_bar (on_timer, on_trade) the latest closed bars."""
     store = {(C, "5m"): _bars(C, "09:45", "09:50", "09:55", "10:00"), (C, "1d"): []}
     asked: list[int] = []
     hf = HeaderFactory("gateway")
@@ -138,6 +139,6 @@ def test_n_bars_before_the_delivered_one_and_the_latest_outside_on_bar(tmp_path:
     rt.strategy = Probe(rt, None)
     rt._deliver(_bars(C, "10:00")[0])
     assert got == {"5m x2": ["09:50", "09:55"], "1d": []}
-    assert asked == [3, 5]
+    assert asked == [3, 6]
     assert [b.start[-5:] for b in rt.history(C, "5m", 2)] == ["09:55", "10:00"]  # not delivering now
     assert rt._delivering is None
