@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_card
+from agent.strategy import Strategy
+from common.config import AgentCard, load_card
 from common.schema import Bar
 from server.barstore import BarStore
 from tools.backtest.cli import main
-from tools.backtest.data import DataError, load_codes
+from tools.backtest.data import DataError, Series, load_codes
 from tools.backtest.engine import BacktestConfig, run_backtest
 from tools.backtest.metrics import compute
 from tools.backtest.reference import sma_card
@@ -112,3 +113,43 @@ def test_bars_option_must_match_the_data(shared_data: Path, tmp_path: Path, caps
     common = [str(one), "--from", "2020-02-18", "--to", "2020-02-20", "--no-plot", "--out", str(tmp_path / "o")]
     assert main([*common, "--data", str(shared_data / "krx_intraday_5min_2020"), "--bars", "1m"]) == 2
     assert "has 5m bars, not 1m" in capsys.readouterr().err
+
+
+class _DailyLook(Strategy):
+    seen: list[list[tuple[str, int]]] = []
+
+    def on_bar(self, bar: Bar) -> None:
+        _DailyLook.seen.append([(d.start, d.close) for d in self.ctx.history(bar.code, "1d", 3)])
+
+
+def test_an_intraday_twin_replay_answers_daily_history_with_the_stored_daily_bars(tmp_path: Path) -> None:
+    """(the bars hunt) Live, ctx.history(code, '1d') in an intraday on_bar is the broker's daily chart (the gateway
+    stores it); a --twin-replay run rolled the recorded minutes up instead: nothing before the first recorded minute,
+    a partly recorded day's close. It reads the daily bars the gateway stored; a --data run without them says that
+    its daily history is rolled up."""
+    days = [("2024-01-02", 70_000), ("2024-01-03", 71_000), ("2024-01-04", 72_000)]
+    daily = [Bar(code=CODE, interval="1d", start=d, open=c, high=c, low=c, close=c, volume=1_000) for d, c in days]
+    minutes = [
+        Bar(
+            code=CODE,
+            interval="1m",
+            start=f"2024-01-05T09:0{i}",
+            open=73_000,
+            high=73_000,
+            low=73_000,
+            close=73_000,
+            volume=10,
+        )
+        for i in range(3)
+    ]  # the gateway recorded minutes of 01-05 only (started that morning)
+    _fill_store(tmp_path, daily + minutes)
+    card = AgentCard(id="look", name="look", strategy=f"{__name__}:_DailyLook", codes=[CODE])
+    cfg = BacktestConfig(date_from=dt.date(2024, 1, 5), date_to=dt.date(2024, 1, 5))
+    _DailyLook.seen.clear()
+    r = run_backtest(card, load_series([CODE], "1m", dt.date(2024, 1, 5), run_dir=tmp_path), cfg)
+    assert _DailyLook.seen[0] == [(d, c) for d, c in days]  # as live: the three days before, not []
+    assert not [w for w in r.warnings if "rolls the days up" in w]
+    _DailyLook.seen.clear()
+    rolled = run_backtest(card, {CODE: Series(CODE, minutes)}, cfg)  # data without daily bars: said
+    assert _DailyLook.seen[0] == []
+    assert [w for w in rolled.warnings if "rolls the days up from its 1m bars" in w], rolled.warnings

@@ -122,6 +122,9 @@ class Series:
     through: str = ""  # the file's last bar start (the bars may stop earlier: read up to a date)
     jumps: tuple[tuple[str, str], ...] = ()  # (day, what): closes beyond the band from the close before (jumps_note)
     halted: frozenset[str] = frozenset()  # days the file marks halted (no bar: not missing from it)
+    # intraday series: the official daily bars where the source has them (the gateway's store: --twin-replay), which
+    # ctx.history(code, "1d") answers with, as live's broker chart; else the days are rolled up from the bars
+    daily: list[Bar] | None = None
 
 
 @dataclass(slots=True)

@@ -588,6 +588,8 @@ class Backtest:
         lo, hi = config.date_from.isoformat(), config.date_to.isoformat() + "~"  # "~" sorts after "T..": whole day
         self.bars: dict[str, list[Bar]] = {}
         self.starts: dict[str, list[str]] = {}
+        self._official: dict[str, list[Bar]] = {c: d for c in card.codes if (d := series[c].daily)}
+        self._rolled_reads = 0  # ctx.history(code, "1d") answered from the run's own intraday bars
         firsts: dict[str, int] = {}
         for code in card.codes:  # bars are oldest first (loaders guarantee it)
             all_bars = series[code].bars
@@ -805,6 +807,19 @@ class Backtest:
             "bars is not in the result"
         ]
 
+    def _rolled_daily_warnings(self) -> list[str]:
+        """ctx.history(code, "1d") of an intraday run on data without daily bars: rolled up from the run's bars, it
+        starts empty on the data's first day and carries the intraday data's close and volume (a file whose bars stop
+        before the close: that bar's close), where live answers with the broker's daily chart (the bars hunt)."""
+        if not self._rolled_reads:
+            return []
+        return [
+            f"ctx.history(code, '1d') was read {self._rolled_reads:,} time(s): this run rolls the days up from its "
+            f"{self.interval} bars (none before the data's first day; the intraday data's close and volume), live it "
+            "is the broker's daily chart: a daily filter may decide differently (--twin-replay reads the daily bars "
+            "the gateway stored)"
+        ]
+
     def _trip_warnings(self) -> list[str]:
         """A loss limit breached (at a close, or by an order's denial): live then keeps the agent reducing (halted
         past halt_drawdown_pct) until a person resumes it, across days; the backtest's gate only judges each order
@@ -991,10 +1006,14 @@ class Backtest:
         return got
 
     def daily(self, code: str) -> tuple[list[Bar], list[str]]:
+        """An intraday run's daily bars of `code`: the source's official ones (Series.daily), else rolled up from
+        the run's bars (counted: the run says so)."""
         got = self._daily.get(code)
         if got is None:
-            bars = _daily_bars(self.bars[code])
+            bars = self._official.get(code) or _daily_bars(self.bars[code])
             got = self._daily[code] = (bars, [b.start for b in bars])
+        if code not in self._official:
+            self._rolled_reads += 1
         return got
 
     # ---- called by the context --------------------------------------------------------------------
@@ -1338,6 +1357,7 @@ class Backtest:
             unanswered=dict(self.unanswered),
             protections=list(self.protections.all.values()),
             warnings=self._interval_warnings()
+            + self._rolled_daily_warnings()
             + self._eod_warnings()
             + self._refusal_warnings()
             + self._cap_warnings()

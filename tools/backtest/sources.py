@@ -60,7 +60,9 @@ def load_store(run_dir: Path, codes: list[str], bars: str, date_to: dt.date) -> 
                 got = store.bars(code, "1m", end=end)  # rolled up below
             if not got:
                 raise DataError(f"{path}: no {bars} bars recorded for {code} up to {date_to}")
-            out[code] = Series(code=code, bars=got, source=f"{path} ({code} {got[0].interval})")
+            # the daily bars it stored (the broker's chart and the day cycle's): an intraday run's daily history
+            daily = store.bars(code, "1d", end=date_to.isoformat()) if bars != "1d" else None
+            out[code] = Series(code=code, bars=got, source=f"{path} ({code} {got[0].interval})", daily=daily or None)
     except apsw.Error as e:
         raise DataError(f"{path}: cannot read the bar store: {e}") from None
     finally:

@@ -182,6 +182,7 @@ class _SeriesData(msgspec.Struct, array_like=True):
     through: str = ""
     jumps: list[list[str]] = []
     halted: list[str] = []
+    daily: list[Bar] | None = None  # an intraday series' official daily bars (Series.daily)
 
 
 class _HistoryData(msgspec.Struct, array_like=True):
@@ -234,6 +235,7 @@ def encode_payload(series: dict[str, Series], history: CompanyHistory | None) ->
             through=s.through,
             jumps=[list(j) for j in s.jumps],
             halted=sorted(s.halted),
+            daily=s.daily,
         )
         for s in series.values()
     ]
@@ -281,6 +283,7 @@ def _decode_payload(payload: bytes) -> tuple[dict[str, Series], CompanyHistory |
                 through=s.through,
                 jumps=tuple((d, w) for d, w in s.jumps),
                 halted=frozenset(s.halted),
+                daily=s.daily,
             )
         history = None
         if p.history is not None:
