@@ -31,3 +31,17 @@ def test_a_run_that_cannot_give_every_interval_the_strategy_decides_on_says_so()
     assert FiveAndDaily.calls == {"5m": 24}
     said = [w for w in r.warnings if "gets 1d bars too live" in w]
     assert len(said) == 1 and "5m bars only" in said[0], r.warnings
+
+
+def test_the_days_last_intraday_bar_ends_a_minute_after_the_close_as_live() -> None:
+    """(the bars hunt) Live the gateway ends the day's last bars with the closing print's minute: the 60m 15:00 bar
+    is handed over at 15:31, in the post-close phase; the backtest's now() in its on_bar was 16:00 (after-hours)."""
+    from common.krx import Phase, phase_at
+    from tools.backtest.engine import _time
+
+    assert _time("2026-12-04T15:00", 60, True).strftime("%H:%M") == "15:31"
+    assert phase_at(_time("2026-12-04T15:00", 60, True)) is Phase.POST_CLOSE
+    assert _time("2026-12-04T15:30", 5, True).strftime("%H:%M") == "15:31"
+    assert _time("2026-12-04T15:15", 5, True).strftime("%H:%M") == "15:20"  # a bar inside the session: its end
+    assert _time("2026-11-19T16:00", 60, True).strftime("%H:%M") == "16:31"  # the CSAT day closes at 16:30
+    assert _time("2026-12-04T16:00", 10, True).strftime("%H:%M") == "16:10"  # after-hours data keeps its length

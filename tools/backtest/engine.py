@@ -215,11 +215,15 @@ class BacktestResult:
 
 @functools.lru_cache(maxsize=65536)
 def _time(start: str, minutes: int, end: bool) -> dt.datetime:
-    """The time of a bar's start (end=False) or end: a daily bar spans its session (09:00-15:30)."""
+    """The time of a bar's start (end=False) or end: a daily bar spans its session (09:00-15:30); an intraday bar ends
+    at the latest a minute after the close, as the gateway's builder ends the day's last bars (server/bars.py)."""
     if minutes == 0:
         return dt.datetime.fromtimestamp(_session_ns(start[:10])[end] // 1_000_000_000, KST)
-    t = dt.datetime(int(start[:4]), int(start[5:7]), int(start[8:10]), int(start[11:13]), int(start[14:16]), tzinfo=KST)
-    return t + dt.timedelta(minutes=minutes) if end else t
+    if end:
+        return dt.datetime.fromtimestamp(_time_ns(start, minutes, True) // 1_000_000_000, KST)
+    return dt.datetime(
+        int(start[:4]), int(start[5:7]), int(start[8:10]), int(start[11:13]), int(start[14:16]), tzinfo=KST
+    )
 
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
@@ -276,8 +280,13 @@ def _time_ns(start: str, minutes: int, end: bool) -> int:
     """_time() in ns for order/fill timestamps, with integer arithmetic (KST has no DST)."""
     if minutes == 0:
         return _session_ns(start[:10])[end]
-    m = int(start[11:13]) * 60 + int(start[14:16]) + (minutes if end else 0)
-    return _day_ns(start[:10]) + m * 60_000_000_000
+    at = _day_ns(start[:10]) + (int(start[11:13]) * 60 + int(start[14:16])) * 60_000_000_000
+    if not end:
+        return at
+    # the day's last bars end with the closing print's minute (the 60m 15:00 bar at 15:31, not 16:00): live hands
+    # them over then, in the post-close phase; a bar of data after that (after-hours) keeps its own length
+    last, full = _session_ns(start[:10])[1] + 60_000_000_000, at + minutes * 60_000_000_000
+    return full if at >= last else min(full, last)
 
 
 def _daily_bars(bars: list[Bar]) -> list[Bar]:
