@@ -94,11 +94,11 @@ class TwinClock:
             self._anchor(SessionTimes(nxt).auction_open)
         return nxt
 
-    def go_on_from(self, when: dt.datetime) -> None:
+    def go_on_from(self, when: dt.datetime, closed: bool = False) -> None:
         """Open mode: run on from `when` (a restart on a state file: the time it had reached, never back to a time of
-        the same day already traded). Other modes follow their own anchors: unchanged."""
+        the same day already traded), `closed` if the admin had closed that day. Other modes: unchanged."""
         if self.mode is ClockMode.OPEN and when > self.now():
-            self._day, self._closed = when.date(), False
+            self._day, self._closed = when.date(), closed
             self._anchor(when)
 
     def move_to(self, when: dt.datetime) -> None:

@@ -11,6 +11,7 @@ Embeddable in any asyncio program; `python -m kis.sim` runs it as a process.
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import logging
 from pathlib import Path
@@ -122,16 +123,16 @@ class TwinServer:
         ex = self.twin.exchange
         interval = self.config.tick_interval
         period = interval if interval > 0 else 0.5
-        since_save = 0.0
+        saved = time.monotonic()
         while True:
             await asyncio.sleep(period)
             try:
                 ex.on_clock()
                 if interval > 0:
                     ex.step()
-                since_save += period
-                if self.config.state_file is not None and since_save >= SAVE_EVERY_S:
-                    since_save = 0.0
+                # on elapsed time, not the loop's nominal periods (a lagging loop saved less often than it said)
+                if self.config.state_file is not None and time.monotonic() - saved >= SAVE_EVERY_S:
+                    saved = time.monotonic()
                     self.save_state()
             except Exception:  # the loop must survive anything a step can throw
                 log.exception("market loop step failed")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kis.sim.auth import AppKey
-from kis.sim.clock import ClockMode
+from kis.sim.clock import OPEN_MODE_LAST, ClockMode
 from kis.sim.engine import BookSide, Tif
 from kis.sim.exchange import OrderKind, OrderRecord
 from kis.sim.ledger import Account, Holding
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from kis.sim.twin import Twin
 
 VERSION = 1
-SAVE_EVERY_S = 5.0  # a running twin's saves (kis/sim/server.py); a stop saves at once
+SAVE_EVERY_S = 5.0  # a running twin's saves (kis/sim/server.py, on elapsed time); a stop saves at once
+UNSAVED_S = 2 * SAVE_EVERY_S  # at most this long unsaved before a kill -9 (a late save, a lagging loop: slack)
 ODNO_GAP_AFTER_RESTORE = 100_000  # order numbers skipped at a restore (more than a twin takes between two saves)
 
 
@@ -46,6 +47,7 @@ def save(twin: Twin, path: Path) -> None:
         "odno_seq": ex._odno_seq,
         # an open clock's time reached: a restart goes on from it (open mode starts each day at its opening)
         "open_at": twin.clock.now().isoformat() if getattr(twin.clock, "mode", None) is ClockMode.OPEN else None,
+        "open_closed": bool(getattr(twin.clock, "_closed", False)),  # the admin closed the day: it stays closed
         "keys": [dataclasses.asdict(k) for k in twin.auth.keys.values()],
         "accounts": [
             {
@@ -79,19 +81,23 @@ def restore(twin: Twin, path: Path) -> None:
         raise SeedMismatch(path, doc["seed"], twin.config.seed)
     ex = twin.exchange
     ahead = dt.date.fromisoformat(doc["day"])
-    if getattr(twin.clock, "mode", None) is ClockMode.OPEN and ahead > ex.day:
+    is_open = getattr(twin.clock, "mode", None) is ClockMode.OPEN
+    at = doc.get("open_at") if is_open else None
+    reached = dt.datetime.fromisoformat(at) if at else None
+    if reached is not None and reached.date() > ahead:  # the clock had turned the day, the exchange not yet
+        ahead = reached.date()
+    if is_open and ahead > ex.day:
         # an open clock left running rolls its synthetic days faster than the calendar (one is ~15 h): a restart
         # goes on from the day it had reached, never back to a day already traded and closed (the gateway's
         # books of that day, its end-of-day marks and reports, would be met again)
         twin.clock.move_to(dt.datetime.combine(ahead, dt.time(9, 0)))
         ex._roll_day(ahead)
-    if getattr(twin.clock, "mode", None) is ClockMode.OPEN and (at := doc.get("open_at")):
+    if reached is not None and reached.date() == ex.day:
         # and from the time of day it had reached: restarted at the opening again, the day's times went back (a second
-        # `ktrader demo` met the first one's orders and alerts stamped after its own 'now', counted in its windows)
-        # (plus the seconds a kill -9 may have left unsaved: orders of those were stamped then)
-        reached = dt.datetime.fromisoformat(at)
-        if reached.date() == ex.day:
-            twin.clock.go_on_from(reached + dt.timedelta(seconds=SAVE_EVERY_S))
+        # `ktrader demo` met the first one's orders and alerts stamped after its own 'now', counted in its windows);
+        # plus the time a kill -9 may have left unsaved (orders of it were stamped then), within the day
+        last = dt.datetime.combine(ex.day, OPEN_MODE_LAST, tzinfo=reached.tzinfo)
+        twin.clock.go_on_from(min(reached + dt.timedelta(seconds=UNSAVED_S), last), closed=bool(doc.get("open_closed")))
     for k in doc.get("keys", []):
         twin.auth.keys[k["key"]] = AppKey(**k)
     ex.accounts.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,59 @@ def test_a_restarted_open_twin_goes_on_from_the_time_it_had_reached(tmp_path: Pa
     assert again.clock.phase() is Phase.CONTINUOUS and again.exchange.day == dt.date(2026, 3, 4)
     fresh = Twin(TwinConfig(date=dt.date(2026, 3, 4)))  # without a state file: the opening, as before
     assert fresh.clock.now().time() < dt.time(9, 1)
+
+
+def _clock_at(twin: Any, hh: int, mm: int, ss: int) -> None:
+    c = twin.clock
+    target = dt.datetime.combine(c._day, dt.time(hh, mm, ss), tzinfo=KST)
+    c._real0 -= (target - c.now()).total_seconds()
+
+
+def test_a_restore_saved_in_the_last_seconds_of_a_day_stays_on_the_calendar(tmp_path: Path) -> None:
+    """(a review) The unsaved margin added to a time saved at 23:59:57 of a Friday restored the twin on Saturday
+    00:00:07 (a weekday's: the next day from midnight). It stays within the day reached; the next opens as ever."""
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    for day, nxt in ((dt.date(2026, 3, 6), dt.date(2026, 3, 9)), (dt.date(2026, 3, 4), dt.date(2026, 3, 5))):
+        state = tmp_path / f"twin-state-{day}.json"
+        first = Twin(TwinConfig(date=day, state_file=state))
+        _clock_at(first, 23, 59, 57)
+        save(first, state)
+        again = Twin(TwinConfig(date=day, state_file=state))
+        now = again.clock.now()
+        assert now.date() == day or (now.date() == nxt and now.time() >= dt.time(9, 0)), now
+
+
+def test_a_day_the_admin_closed_stays_closed_after_a_restart(tmp_path: Path) -> None:
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    state = tmp_path / "twin-state.json"
+    wed = dt.date(2026, 3, 4)
+    first = Twin(TwinConfig(date=wed, state_file=state))
+    _clock_at(first, 15, 40, 0)
+    first.clock.move_to_close()
+    first.exchange.on_clock()
+    save(first, state)
+    again = Twin(TwinConfig(date=wed, state_file=state))
+    assert again.clock.today() == wed and again.clock.phase() is Phase.AFTER_HOURS_END
+
+
+def test_a_restore_after_the_clock_turned_the_day_goes_on_in_the_new_day(tmp_path: Path) -> None:
+    """(a review) A stop that saved after the open clock passed 23:59:59 but before the exchange's next tick rolled
+    it: the restart went back to 09:00 of the day already run. It goes on in the day the clock had turned to."""
+    from kis.sim.state import save
+    from kis.sim.twin import Twin, TwinConfig
+
+    state = tmp_path / "twin-state.json"
+    wed = dt.date(2026, 3, 4)
+    first = Twin(TwinConfig(date=wed, state_file=state))
+    first.clock._real0 -= 15 * 3600 + 1  # past 23:59:59: the clock opens 03-05, the exchange still on 03-04
+    assert first.clock.today() == dt.date(2026, 3, 5) and first.exchange.day == wed
+    save(first, state)
+    again = Twin(TwinConfig(date=wed, state_file=state))
+    assert again.clock.today() == dt.date(2026, 3, 5) and again.exchange.day == dt.date(2026, 3, 5)
 
 
 def test_an_order_placed_as_the_open_clock_turns_the_day_belongs_to_the_new_day() -> None:
