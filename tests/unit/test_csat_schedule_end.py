@@ -80,6 +80,10 @@ def test_a_morning_window_moves_with_the_years_late_first_open() -> None:
     assert end(NORMAL, t("10:15"), t("09:30")) == t("10:15")  # a normal day as before
     assert end(CSAT, t("10:15"), t("09:30")) == t("11:15")  # the whole session shifted: as before
     assert end(first, t("10:15")) == t("10:15")  # without the start: the close's rule alone
+    # (a review) an afternoon window's end is never moved to or past the closing call: the close did not move
+    for start, stop in (("14:00", "15:00"), ("14:40", "15:20"), ("13:45", "14:45")):
+        assert end(first, t(stop), t(start)) == t(stop)
+    assert end(dt.date(2015, 1, 2), t("15:20"), t("14:40")) == t("14:50")  # the earlier era's first session
     morning = AgentCard(
         id="m",
         name="m",
