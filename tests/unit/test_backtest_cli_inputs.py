@@ -286,3 +286,6 @@ def test_a_range_of_closed_days_inside_the_data_is_said_so(
     line = _one_line(capsys.readouterr().err)
     assert "no KRX session between 2025-12-31 and 2026-01-01" in line and "the next session is 2026-01-02" in line
     assert "within the data" not in line
+    # (a review) closed days outside the data: told where the data is, not a next session it does not hold
+    assert main(_args(_card(tmp_path), shared_data / FDR, tmp_path, "2026-07-17", "2026-07-19")) == 2
+    assert "within the data" in _one_line(capsys.readouterr().err)

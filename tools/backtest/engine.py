@@ -124,7 +124,12 @@ def no_bars(codes: list[str], series: dict[str, Series], lo: dt.date, hi: dt.dat
         if held
         else f"the data has none up to {hi}"
     )
-    if not trading_days(lo, hi):  # (dates inside the data, all of them closed: the range's own fault, said so)
+    inside = (
+        bool(held)
+        and min(s.bars[0].start[:10] for s in held) <= lo.isoformat()
+        and hi.isoformat() <= max((s.through or s.bars[-1].start)[:10] for s in held)
+    )
+    if inside and not trading_days(lo, hi):  # (dates inside the data, all of them closed: the range's own fault)
         nxt = next_trading_day(hi)
         return BacktestInputError(
             f"no KRX session between {lo} and {hi} (weekends, holidays, the year-end closure): the next session is "
