@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -509,6 +510,30 @@ def _their(codes: list[str]) -> str:
     return "its" if len(codes) == 1 else "their"
 
 
+def _run_rows(x: Any) -> Iterator[dict[str, Any]]:
+    """Every run's row in a sweep's result, whatever its nesting (walk-forward segments, rolling windows)."""
+    if isinstance(x, list):
+        for y in x:
+            yield from _run_rows(y)
+    elif isinstance(x, dict):
+        if "params" in x:
+            yield x
+        for v in x.values():
+            if isinstance(v, list):
+                yield from _run_rows(v)
+
+
+def _warn_runs(res: dict[str, Any], console: Console, shown: int = 5) -> None:
+    """The runs' own warnings (a single run prints them), each once with how many runs said it: a sweep printed none
+    (a 5m+1d strategy swept on 5m bars traded nothing, unsaid)."""
+    rows = list(_run_rows(res.get("rows", [])))
+    said = Counter(w for r in rows for w in dict.fromkeys(r.get("warnings") or []))
+    for w, n in said.most_common(shown):
+        _warn(console, f"in {n:,} of {len(rows):,} runs: {w}")
+    if len(said) > shown:
+        _warn(console, f"... and {len(said) - shown:,} more warnings (sweep.json has each run's)")
+
+
 def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Console, wf: bool, rolling: bool) -> int:
     if res.get("input_error"):  # every cell failed on its input: one line and exit 2, as a single run with it
         _error(console, f"backtest: {res['input_error']}")
@@ -525,6 +550,7 @@ def _report_sweep(res: dict[str, Any], folder: Path, json_out: bool, console: Co
         _warn(console, f"cell {f['cell']}{where} {f['params']} failed{on}: {f['error']}")
     if len(failed) > 5:
         _warn(console, f"... and {len(failed) - 5:,} more failed cells (sweep.json lists them)")
+    _warn_runs(res, console)
     if rolling:
         return _report_rolling(res, folder, json_out, console)
     flat = [r for row in res["rows"] for r in (row if wf else [row])]

@@ -603,7 +603,7 @@ class Backtest:
         self.bars: dict[str, list[Bar]] = {}
         self.starts: dict[str, list[str]] = {}
         self._official: dict[str, list[Bar]] = {c: d for c in card.codes if (d := series[c].daily)}
-        self._rolled_reads = 0  # ctx.history(code, "1d") answered from the run's own intraday bars
+        self._rolled_reads: Counter[str] = Counter()  # ctx.history(code, "1d") answered from the run's own bars
         firsts: dict[str, int] = {}
         for code in card.codes:  # bars are oldest first (loaders guarantee it)
             all_bars = series[code].bars
@@ -684,7 +684,8 @@ class Backtest:
             )
         # intervals it decides on that this run cannot give (live streams each one its card subscribes to): said
         self._other_intervals = sorted(
-            {str(b) for b in (*cls.needs_bars, *card.subscriptions.bars)} - {self.interval}, key=lambda b: b != "1d"
+            {str(b) for b in (*cls.needs_bars, *card.subscriptions.bars)} - {self.interval},
+            key=lambda b: (b != "1d", INTERVAL_MINUTES.get(b, 0)),  # (a set's order: another per run)
         )
         self.ctx = BacktestContext(self)
         try:  # params the strategy refuses (its Params' types and checks, or a ValueError when it starts)
@@ -816,7 +817,7 @@ class Backtest:
             return []
         other = ", ".join(self._other_intervals)
         return [
-            f"{self.card.strategy} gets {other} bars too live (its needs_bars / the card's subscriptions.bars): this "
+            f"{self.card.strategy} decides on {other} bars too (its needs_bars / the card's subscriptions.bars): this "
             f"run on {self.interval} data gives it {self.interval} bars only, so any decision it takes on {other} "
             "bars is not in the result"
         ]
@@ -825,13 +826,17 @@ class Backtest:
         """ctx.history(code, "1d") of an intraday run on data without daily bars: rolled up from the run's bars, it
         starts empty on the data's first day and carries the intraday data's close and volume (a file whose bars stop
         before the close: that bar's close), where live answers with the broker's daily chart (the bars hunt)."""
-        if not self._rolled_reads:
+        rolled = self._rolled_reads
+        if not rolled:
             return []
+        codes = sorted(rolled)
+        shown = ", ".join(codes[:5]) + (f" +{len(codes) - 5} more" if len(codes) > 5 else "")
         return [
-            f"ctx.history(code, '1d') was read {self._rolled_reads:,} time(s): this run rolls the days up from its "
-            f"{self.interval} bars (none before the data's first day; the intraday data's close and volume), live it "
-            "is the broker's daily chart: a daily filter may decide differently (--twin-replay reads the daily bars "
-            "the gateway stored)"
+            f"ctx.history(code, '1d') of {shown} was read {sum(rolled.values()):,} time(s): the data has no daily bars "
+            f"of {'it' if len(codes) == 1 else 'them'}, so this run rolls the days up from its {self.interval} bars "
+            "(none before the data's first day; the intraday data's close and volume), where live it is the broker's "
+            "daily chart: a daily filter may decide differently (a --twin-replay run reads the daily bars the gateway "
+            "stored, where it has them)"
         ]
 
     def _trip_warnings(self) -> list[str]:
@@ -1027,7 +1032,7 @@ class Backtest:
             bars = self._official.get(code) or _daily_bars(self.bars[code])
             got = self._daily[code] = (bars, [b.start for b in bars])
         if code not in self._official:
-            self._rolled_reads += 1
+            self._rolled_reads[code] += 1
         return got
 
     # ---- called by the context --------------------------------------------------------------------

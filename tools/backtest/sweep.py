@@ -366,6 +366,8 @@ def _run_cell(cell: Cell, payload: bytes | None) -> dict[str, Any]:
         return row
     m = compute(result)
     row.update({"from": result.date_from, "to": result.date_to, **{k: m[k] for k in KEYS}})
+    if result.warnings:  # what the run could not model as live does it: said once per sweep (tools/backtest/cli.py)
+        row["warnings"] = result.warnings
     if cell.oos_to is not None:
         row.update(_return_until(result.dates, result.equity, result.initial_cash, cell.oos_to))
     return row
