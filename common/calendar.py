@@ -280,9 +280,9 @@ def schedule_end(day: dt.date, end: dt.time, start: dt.time | None = None) -> dt
     late = dt.datetime.combine(day, hours[0]) - dt.datetime.combine(day, usual[0])
     if start is not None and late > dt.timedelta():
         first = max(dt.datetime.combine(day, start), dt.datetime.combine(day, usual[0])) + late
-        # (only into the session before its closing call: an afternoon window's end stays 'this long before the
+        # (only into the session up to its closing call: an afternoon window's end stays 'this long before the
         # close', the close did not move; its start then passes it as before)
-        if at <= first and at + late < dt.datetime.combine(day, hours[1]) - CLOSING_CALL:
+        if at <= first and at + late <= dt.datetime.combine(day, hours[1]) - CLOSING_CALL:
             at += late
     return at.time()
 

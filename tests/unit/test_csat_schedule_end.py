@@ -83,6 +83,7 @@ def test_a_morning_window_moves_with_the_years_late_first_open() -> None:
     # (a review) an afternoon window's end is never moved to or past the closing call: the close did not move
     for start, stop in (("14:00", "15:00"), ("14:40", "15:20"), ("13:45", "14:45")):
         assert end(first, t(stop), t(start)) == t(stop)
+    assert end(first, t("14:20"), t("13:20")) == t("15:20")  # up to the closing call's start (a valid end) it moves
     assert end(dt.date(2015, 1, 2), t("15:20"), t("14:40")) == t("14:50")  # the earlier era's first session
     morning = AgentCard(
         id="m",
