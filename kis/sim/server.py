@@ -11,9 +11,9 @@ Embeddable in any asyncio program; `python -m kis.sim` runs it as a process.
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
