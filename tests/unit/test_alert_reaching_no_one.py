@@ -144,12 +144,13 @@ async def test_a_halt_no_channel_delivers_makes_the_dead_mans_switch_page(
         assert "SIGNALLING FAILURE" in hb_line, hb_line
         clock.advance(300)  # still undelivered: every period, the failure URL again
         n.tick()
+        await until(lambda: n.status().get("ch|webhook:telegram|error|ConnectError") == 0)
         await until(lambda: hc.paths() == [OK, FAIL, FAIL])
         await until(lambda: n.status()["hb|fail_pings"] == 2)  # (its reply read: a tick meanwhile skips a ping)
         # delivered at last: the success URL again, at once
         telegram.down = False
         clock.advance(nm.BACKOFF_MAX_S)
-        await until(lambda: len(telegram.sent) == 1)
+        await until(lambda: n.status()["ch|webhook:telegram|delivered"] == 1)
         assert "HALTED" in telegram.sent[0]
         clock.advance(1)
         assert any("stuck" in t for t in n.tick())

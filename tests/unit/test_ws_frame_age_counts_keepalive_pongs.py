@@ -62,9 +62,10 @@ async def test_a_quiet_stream_whose_pongs_come_back_is_not_reconnected() -> None
     keepalive pongs coming back. Counting messages only, it reconnected each timeout -- every 150 s on a real account
     if KIS's idle PINGPONG (UNCONFIRMED, ~110 s) comes later, a connect/close loop that can lock the app key."""
     kis = FakeKis()
-    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
+    # (a timeout well over the ping interval: a stall of the loaded machine must not pass for a lost pong)
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=1.5) as rig:
         await _up(rig, Phase.POST_CLOSE, prices=True)
-        await asyncio.sleep(2.0)  # over three silence timeouts, no message: only pongs
+        await asyncio.sleep(4.6)  # over three silence timeouts, no message: only pongs
         assert rig.ws.sessions == 1 and rig.ws.state is SessionState.READY
 
 
@@ -84,9 +85,9 @@ async def test_a_silent_price_stream_in_the_session_is_renewed_whatever_its_pong
 async def test_the_notice_feed_alone_is_never_due_prints() -> None:
     """In the continuous session with only the notice feed (no price wanted): quiet is normal, its pongs keep it."""
     kis = FakeKis()
-    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=0.6) as rig:
+    async with rigged(kis, ping_interval_s=0.2, silence_timeout_s=1.5) as rig:  # (see above)
         await _up(rig, Phase.CONTINUOUS, prices=False)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(4.6)
         assert rig.ws.sessions == 1
 
 
