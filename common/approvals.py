@@ -304,7 +304,7 @@ class ApprovedCards:
 
     def __init__(self, run_dir: str | Path, owner: Mapping[str, str] | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self._stamp: int | None = -1
+        self._stamp: tuple[int, int, int] | None = (-1, -1, -1)
         self.cards: dict[str, Approval] = {}
         self.error = ""  # why the file could not be read (then nothing is approved)
         self.owner: dict[str, str] | None = dict(owner) if owner is not None else None
@@ -316,7 +316,10 @@ class ApprovedCards:
 
     def refresh(self) -> None:
         try:
-            stamp: int | None = registry_path(self.run_dir).stat().st_mtime_ns
+            # (with the inode: every save replaces the file (write_atomic), two within the file system's mtime tick
+            # read as one, the second unseen)
+            st = registry_path(self.run_dir).stat()
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_ino, st.st_size)
         except OSError:
             stamp = None
         if stamp == self._stamp:

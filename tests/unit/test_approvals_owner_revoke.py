@@ -206,3 +206,19 @@ def test_keys_revoke_withdraws_the_approval(gateways: Gateways) -> None:
     assert "open orders keep working" in out.output and "cancel_all --agent alpha" in out.output
     again = CliRunner().invoke(keys_app, ["revoke", "alpha", "--run-dir", str(gateways.run)])
     assert again.exit_code == 0 and "no key, credential or approval for alpha" in again.output
+
+
+def test_the_gateways_view_sees_two_saves_within_one_mtime_tick(tmp_path: Path) -> None:
+    """The gateway's view of the approvals re-reads the file when it changed: two saves within the file system's
+    mtime tick (a revoke right after an approval) read as one by the mtime alone, the second unseen. Each save
+    replaces the file: its inode tells them apart."""
+    import os
+
+    run = tmp_path / "run"
+    approvals.approve(run, [card()], by="t")
+    view = approvals.ApprovedCards(run)
+    assert view.get("alpha") is not None
+    before = approvals.registry_path(run).stat().st_mtime_ns
+    approvals.withdraw(run, "alpha")
+    os.utime(approvals.registry_path(run), ns=(before, before))  # (the same tick)
+    assert view.get("alpha") is None
