@@ -61,7 +61,7 @@ import msgspec
 from common import approvals, credentials
 from common.calendar import is_trading_day
 from common.clock import KST, date_of, when_text
-from common.config import BrokerEnv, AgentCard, ConfigError, EndOfDay, GatewayConfig
+from common.config import BrokerEnv, AgentCard, EndOfDay, GatewayConfig
 from common.enums import (
     AgentMode,
     AgentState,
@@ -183,6 +183,7 @@ class GatewayParts(Protocol):
     day: TradingDay
     recorder: Recorder | None  # market-data recording (None: off)
     services: AgentServices
+    approved: approvals.ApprovedCards  # the operator's approved cards, as registrations read them
 
     def request_reconcile(self, reason: str) -> None: ...
 
@@ -1013,11 +1014,11 @@ class Operator:
         if not changed:
             return ack(f"{msg.agent}: the card is unchanged")
         run_dir = self.gw.cfg.run_dir
-        try:
-            held = approvals.load(run_dir).cards if approvals.exists(run_dir) else None
-        except ConfigError as e:  # (unanswered, the operator's tool waited for its timeout: a review)
-            return err(ErrorCode.BAD_CARD, f"the approvals file cannot be read: {e}: nothing changed")
-        if held is not None and msg.agent not in held:
+        approved = self.gw.approved  # (the registrations' view of the file, re-read when it changed)
+        approved.refresh()
+        if approved.error:  # (unanswered, the operator's tool waited for its timeout: a review)
+            return err(ErrorCode.BAD_CARD, f"the approvals file cannot be read: {approved.error}: nothing changed")
+        if approvals.exists(run_dir) and msg.agent not in approved.cards:
             # (a reload approves: another operator's reload gave back the credential a revoke had taken, unsaid)
             revoked = not credentials.credential_path(run_dir, msg.agent).exists()
             return err(

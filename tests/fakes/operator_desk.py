@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from common import approvals
 from common.config import AgentCard, GatewayConfig, NotifyConfig
 from common.enums import AlertKind
 from common.schema import Ack, Control, Error, HeaderFactory, Message
@@ -50,6 +51,7 @@ class Desk:
             self.registry.register(c, c.id.encode(), "s", 1, "h")
         self.gw = SimpleNamespace(
             cfg=GatewayConfig(run_dir=str(run_dir), notify=NOTIFY_NO_DISK_WATCH),
+            approved=approvals.ApprovedCards(run_dir),
             registry=self.registry,
             core=h.core,
             book=h.book,
