@@ -43,7 +43,8 @@ import math
 import os
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -54,6 +55,17 @@ from common.schema import Bar
 
 class DataError(ValueError):
     """A data file or folder that cannot be used; the message names it."""
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """A text file's read failures as the DataError that says what to do (price files, company history)."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # (a Korean Excel's cp949 save)
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8 (CSV UTF-8)") from None
 
 
 # header alias -> canonical column
@@ -176,17 +188,12 @@ def _columns(header: list[str], path: Path) -> dict[str, int]:
 
 def read_rows(path: Path) -> tuple[dict[str, int], list[list[str]], int]:
     """(columns, rows, line number of the first row). Knows yfinance's 3-line header."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file")
-            rows = [r for r in reader if r]
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8 (CSV UTF-8)") from None
+    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file")
+        rows = [r for r in reader if r]
     first = 2
     if header and header[0].strip().lower() == "price" and rows and rows[0] and rows[0][0].strip().lower() == "ticker":
         # yfinance MultiIndex: "Price,Open,High,..." / "Ticker,..." / "Date,,,,": the date is column 0

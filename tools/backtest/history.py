@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.schema import InvestorDay
-from tools.backtest.data import DataError, parse_date
+from tools.backtest.data import DataError, parse_date, reading
 
 QUOTE_FIELDS = ("per", "pbr", "eps", "bps", "market_cap", "listed_shares", "high_250d", "low_250d")
 INVESTOR_FIELDS = (
@@ -142,13 +142,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
         cols = {n.strip().lower(): table.column(n).to_pylist() for n in table.column_names}
         n = table.num_rows
         return [{k: "" if v[i] is None else str(v[i]) for k, v in cols.items()} for i in range(n)]
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            return [{k.strip().lower(): (v or "") for k, v in r.items() if k} for r in csv.DictReader(f)]
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:  # (a Korean Excel's cp949 save: the price files' message, naming the file)
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8 (CSV UTF-8)") from None
+    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
+        return [{k.strip().lower(): (v or "") for k, v in r.items() if k} for r in csv.DictReader(f)]
 
 
 def _day(text: str, path: Path, n: int) -> str:
