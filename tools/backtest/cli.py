@@ -39,6 +39,7 @@ from tools.backtest.engine import (
     BacktestConfig,
     BacktestError,
     BacktestInputError,
+    codes_text,
     no_bars,
     run_backtest,
     strategy_class,
@@ -283,7 +284,7 @@ def _backtest(
     if assumed:  # (a universe's too: its cells follow KOSPI's tables as a single run does)
         _warn(
             console,
-            f"market unknown for {_codes(assumed)}: KOSPI assumed for their tick grid and tax "
+            f"market unknown for {codes_text(assumed)}: KOSPI assumed for their tick grid and tax "
             "(give --master with the KIS master files)",
         )
     folder = Path(str(out).replace("{card}", c.id))
@@ -451,16 +452,16 @@ def coverage_gaps(series: dict[str, Series], d_from: dt.date, d_to: dt.date) -> 
         if ends < hi:
             ends_at.setdefault(ends, []).append(code)
     out = [
-        f"{_codes(codes)}: the data begins {day}, after --from {d_from}: {_their(codes)} run starts there"
+        f"{codes_text(codes)}: the data begins {day}, after --from {d_from}: {_their(codes)} run starts there"
         for day, codes in sorted(begins_at.items())
     ]
     out += [
-        f"{_codes(codes)}: the data ends {day}, before --to {d_to}: {'it does' if len(codes) == 1 else 'they do'} "
+        f"{codes_text(codes)}: the data ends {day}, before --to {d_to}: {'it does' if len(codes) == 1 else 'they do'} "
         "not trade after it"
         for day, codes in sorted(ends_at.items())
     ]
     if empty and len(empty) < held:  # (none with a bar in the window: the run refuses on its own, one line)
-        out.insert(0, f"{_codes(empty)}: no bars between --from {d_from} and --to {d_to}: not traded in this run")
+        out.insert(0, f"{codes_text(empty)}: no bars between --from {d_from} and --to {d_to}: not traded in this run")
     out += _missing_sessions(series, lo, hi)
     return out
 
@@ -498,12 +499,6 @@ def _missing_sessions(series: dict[str, Series], lo: str, hi: str) -> list[str]:
         f"KRX sessions without a bar inside the data's span: {what}{more}: halted, or missing from the file; "
         "orders expire on them unfilled and positions keep their last close"
     ]
-
-
-def _codes(codes: list[str], shown: int = 5) -> str:
-    """`codes` as a line can hold them: the first few, then how many more."""
-    more = f" +{len(codes) - shown} more" if len(codes) > shown else ""
-    return ", ".join(codes[:shown]) + more
 
 
 def _their(codes: list[str]) -> str:

@@ -114,6 +114,12 @@ class BacktestInputError(BacktestError):
     bars of mixed intervals): bad input, which the command line exits with 2 for; nothing ran."""
 
 
+def codes_text(codes: list[str], shown: int = 5) -> str:
+    """`codes` as a line can hold them: the first few, then how many more."""
+    more = f" +{len(codes) - shown} more" if len(codes) > shown else ""
+    return ", ".join(codes[:shown]) + more
+
+
 def no_bars(codes: list[str], series: dict[str, Series], lo: dt.date, hi: dt.date) -> BacktestInputError:
     """The error for dates outside the data: it says where the data is."""
     held = [series[c] for c in codes if c in series and series[c].bars]
@@ -830,13 +836,12 @@ class Backtest:
         if not rolled:
             return []
         codes = sorted(rolled)
-        shown = ", ".join(codes[:5]) + (f" +{len(codes) - 5} more" if len(codes) > 5 else "")
         return [
-            f"ctx.history(code, '1d') of {shown} was read {sum(rolled.values()):,} time(s): the data has no daily bars "
-            f"of {'it' if len(codes) == 1 else 'them'}, so this run rolls the days up from its {self.interval} bars "
-            "(none before the data's first day; the intraday data's close and volume), where live it is the broker's "
-            "daily chart: a daily filter may decide differently (a --twin-replay run reads the daily bars the gateway "
-            "stored, where it has them)"
+            f"ctx.history(code, '1d') of {codes_text(codes)} was read {sum(rolled.values()):,} time(s): the data has "
+            f"no daily bars of {'it' if len(codes) == 1 else 'them'}, so this run rolls the days up from its "
+            f"{self.interval} bars (none before the data's first day; the intraday data's close and volume), where "
+            "live it is the broker's daily chart: a daily filter may decide differently (a --twin-replay run reads "
+            "the daily bars the gateway stored, where it has them)"
         ]
 
     def _trip_warnings(self) -> list[str]:
