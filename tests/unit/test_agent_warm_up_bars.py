@@ -19,6 +19,16 @@ def bar(hhmm: str, interval: str = "5m", code: str = "005930") -> Bar:
     return Bar(code=code, interval=interval, start=f"2026-05-27T{hhmm}", open=1, high=1, low=1, close=1, volume=1)
 
 
+def _answers_from(rt: Any, stored: list[Bar]) -> None:
+    """The gateway's side of the runtime's GetBars: the newest n of `stored` (the list as it stands when asked)."""
+
+    def answer(msg: Any, timeout_s: float) -> BarsReply:
+        assert isinstance(msg, GetBars)
+        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
+
+    rt.call_gateway = answer
+
+
 class _Seen(Strategy):
     def on_start(self) -> None:
         self.bars: list[str] = []
@@ -30,12 +40,7 @@ class _Seen(Strategy):
 def test_bars_in_on_starts_history_are_not_handed_over_again(tmp_path: Path) -> None:
     rt, _wire, _ = _runtime(tmp_path)
     stored = [bar("10:05"), bar("10:10"), bar("10:15")]
-
-    def answer(msg: Any, timeout_s: float) -> BarsReply:
-        assert isinstance(msg, GetBars)
-        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
-
-    rt.call_gateway = answer  # type: ignore[method-assign]
+    _answers_from(rt, stored)
     s = _Seen(rt, None)
     s.on_start()
     rt.strategy = s
@@ -65,11 +70,7 @@ def test_a_rebuild_after_the_start_does_not_count_a_queued_bar_twice(tmp_path: P
     still queued are in that history: their on_bar is not handed over as well."""
     rt, _wire, _ = _runtime(tmp_path)
     stored = [bar("10:17", "1m"), bar("10:18", "1m"), bar("10:19", "1m")]
-
-    def answer(msg: Any, timeout_s: float) -> BarsReply:
-        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
-
-    rt.call_gateway = answer  # type: ignore[method-assign]
+    _answers_from(rt, stored)
     s = _Warm(rt, None)
     rt.strategy = s
     rt._started = True
@@ -153,11 +154,7 @@ def test_a_rebuild_of_a_running_strategy_ends_at_what_was_handed_over(tmp_path: 
     as 'in the warm-up', a 5m bar closed in a 1m bar's flush lost its decision)."""
     rt, _wire, _ = _runtime(tmp_path)
     stored = [bar("09:50"), bar("09:55"), bar("10:00")]
-
-    def answer(msg: Any, timeout_s: float) -> BarsReply:
-        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
-
-    rt.call_gateway = answer  # type: ignore[method-assign]
+    _answers_from(rt, stored)
     s = _Warm5(rt, None)
     s.bars = []
     rt.strategy = s
@@ -186,11 +183,7 @@ def test_an_intraday_bars_daily_history_ends_before_its_day(tmp_path: Path) -> N
     rt, _wire, _ = _runtime(tmp_path)
     days = ["2026-05-25", "2026-05-26", "2026-05-27"]  # the last: today's, stored before the 15:30 bars closed
     stored = [Bar(code="005930", interval="1d", start=d, open=1, high=1, low=1, close=1, volume=1) for d in days]
-
-    def answer(msg: Any, timeout_s: float) -> BarsReply:
-        return BarsReply(h=GATEWAY(msg.h.mid), code=msg.code, interval=msg.interval, bars=stored[-msg.n :])
-
-    rt.call_gateway = answer  # type: ignore[method-assign]
+    _answers_from(rt, stored)
     s = _DailyLook(rt, None)
     s.on_start()
     rt.strategy = s
