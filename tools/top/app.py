@@ -185,7 +185,11 @@ class TopApp(App[None]):
 
     @property
     def main(self) -> Screen:
-        """The console's own screen: App.query_one would search a dialog while one is open."""
+        """The console's own screen: App.query_one would search a dialog while one is open. While the console
+        closes its screens are gone: NoMatches, which a late refresh takes as "nothing to draw" (an IndexError
+        there ended the console's last refresh worker with a traceback)."""
+        if not self.screen_stack:
+            raise NoMatches("the console is closing")
         return self.screen_stack[0]
 
     def on_mount(self) -> None:
@@ -226,7 +230,10 @@ class TopApp(App[None]):
     async def _refresh_orders(self) -> None:
         await self.model.refresh_orders()
         if self.model.orders_error:  # the model notifies only on success: say the blotter is stale
-            self.render_orders()
+            try:
+                self.render_orders()
+            except NoMatches:  # (the console closed while the blotter was read: nothing to draw)
+                pass
 
     def _on_model(self, what: str) -> None:
         try:
