@@ -770,6 +770,9 @@ class Gateway:
             curve_key=self.zap.public_key,
             lease_s=self.cfg.lease_s,  # a restarted agent waits out its crashed copy's lease (agent/runtime.py)
         )
+        # counted before this start's file replaces the previous one: a gateway killed right after it (a service
+        # manager's restart loop) is still one of the loop's starts
+        unclean_starts = self._count_unclean_start() if previous is not None else []
         write_info(self.run_dir, info)
         self._folder = RunFolderWatch(self.run_dir, info, self.run_lock, (self.router_endpoint, self.pub_endpoint))
         log.info("gateway ready: router %s pub %s broker %s", self.router_endpoint, self.pub_endpoint, self.broker_name)
@@ -780,7 +783,7 @@ class Gateway:
             f"broker {self.broker_name} env {self.cfg.broker.env.value}"
         )
         if previous is not None:  # one message, not two per start (a crash loop sent ten in ten seconds: a hunt)
-            self._tell_unclean_stop(previous, started)
+            self._tell_unclean_stop(previous, started, unclean_starts)
         else:
             self.operator.notifier.alert(AlertKind.GATEWAY_STARTED, started, subject=self.headers.sid)
         self._raise_undelivered()
@@ -813,7 +816,19 @@ class Gateway:
             return None
         return info if info.session != self.headers.sid else None
 
-    def _tell_unclean_stop(self, previous: GatewayInfo, started: str) -> None:
+    def _count_unclean_start(self) -> list[int]:
+        """This folder's unclean starts in the last RESTART_LOOP_S, this one included, kept in the store."""
+        now = time.time_ns()
+        try:
+            recent = msgspec.json.decode(self.store.get_meta(_STARTS) or "[]", type=list[int])
+        except msgspec.MsgspecError:
+            recent = []
+        recent = [t for t in recent if now - t < RESTART_LOOP_S * 1e9][-9:] + [now]
+        with self.store.transaction():
+            self.store.set_meta(_STARTS, msgspec.json.encode(recent).decode())
+        return recent
+
+    def _tell_unclean_stop(self, previous: GatewayInfo, started: str, recent: list[int]) -> None:
         """A restart after a crash read like a routine start ("GATEWAY STARTED"): a person learns that the
         previous gateway died, must find out why from its log, and what this start found in flight; and when
         this folder's gateway started several times in RESTART_LOOP_S, that it is a restart loop."""
@@ -826,14 +841,6 @@ class Gateway:
         state = self.risk.global_state
         said = trading_word(state, self.risk.paused())
         halted = "" if state is TradingState.ACTIVE else f"; trading stays {said}, as it was (resume to trade)"
-        now = time.time_ns()
-        try:
-            recent = msgspec.json.decode(self.store.get_meta(_STARTS) or "[]", type=list[int])
-        except msgspec.MsgspecError:
-            recent = []
-        recent = [t for t in recent if now - t < RESTART_LOOP_S * 1e9][-9:] + [now]
-        with self.store.transaction():
-            self.store.set_meta(_STARTS, msgspec.json.encode(recent).decode())
         loop = (
             f" ({len(recent)} unclean starts in {RESTART_LOOP_S / 60:.0f} min: a restart loop? its log says why)"
             if len(recent) >= 3
