@@ -437,9 +437,14 @@ async def test_a_refused_critical_alert_alone_is_given_up_once_another_goes_out(
         clock.advance(300)
         await grows(lambda: n.counters["failed"])
         n.alert(AlertKind.STALE_MARKET_DATA, "no real-time data for 60s")
-        for _ in range(11):  # to the kill switch's GIVE_UP_S
+        for _ in range(11):  # to the kill switch's GIVE_UP_S: each minute one more try (its back-off is at most 60 s)
+            if n.counters["given_up"]:
+                break
+            tried = n.counters["failed"]
             clock.advance(60)
-            await settle(0.25)
+            # that try's refusal counted (its back-off set from the clock) before the clock moves on: a fixed settle
+            # raced it on a loaded machine, and a back-off set from a later clock is never due
+            await until(lambda: n.counters["failed"] > tried or n.counters["given_up"] == 1)  # noqa: B023
         await until(lambda: n.counters["given_up"] == 1 and len(delivered()) == 1)
         assert "STALE" in delivered()[0].upper() and n.status()["queued"] == 0
         n.alert(AlertKind.OPERATOR, "pause: a1 (by op)", subject="x")
