@@ -66,6 +66,7 @@ class OrderCore:
     def load(self) -> None:
         """Everything the store remembers: orders, positions, shadow agents, trading states, protective
         orders; calls the previous process left in flight are settled."""
+        self.desk.load_shadow_agents()  # before the book: their books are never the account's
         self.book.load()
         self.risk.load()  # before the desk: what it sends again after a crash depends on the trading state
         self.desk.load()

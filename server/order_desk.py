@@ -283,12 +283,17 @@ class OrderDesk:
 
     # ---- start-up -----------------------------------------------------------------------------------
 
-    def load(self) -> None:
-        """After the book: shadow agents, shadow orders still resting, calls the last process left
-        in flight."""
+    def load_shadow_agents(self) -> None:
+        """Before the book: which agents trade in shadow, so that their positions and today's fills load into
+        virtual books and never into the account's (loaded first and moved out after, the fills stayed in the
+        account's traded value and the kept read's baseline moved by their spending: a restart on a day a shadow
+        agent traded put its virtual buys into the account's cash, a false drawdown, or a money-moved alert)."""
         saved = self.book.store.get_meta(SHADOW_KEY)
         for agent in msgspec.json.decode(saved) if saved else []:
             self.book.portfolio.set_virtual(agent, True)
+
+    def load(self) -> None:
+        """After the book: shadow orders still resting, calls the last process left in flight."""
         for coid, o in self.book.orders.items():
             if (o.state in AWAITING_ACK or o.state is OrderState.PENDING_REPLACE) and self._cancel_queued(coid):
                 self._cancel_on_accept.add(coid)

@@ -29,8 +29,10 @@ def make_core(
     cfg: GatewayConfig | None = None,
     clock: MarketClock | None = None,
     cards: dict[str, AgentCard] | None = None,
+    load: bool = True,
 ) -> tuple[OrderCore, Store, list[tuple[str, AgentEvent]], list[tuple[SystemEventKind, str, str]]]:
-    """(core, store, agent events sent, system events published). The core is loaded, not started."""
+    """(core, store, agent events sent, system events published). The core is loaded (unless `load` is False:
+    the caller loads it, as the gateway does after its account reader took the kept read), not started."""
     store = Store(path)
     events: list[tuple[str, AgentEvent]] = []
     published: list[tuple[SystemEventKind, str, str]] = []
@@ -44,5 +46,6 @@ def make_core(
         lambda k, a, t: published.append((k, a, t)),
         lambda agent: (cards or {}).get(agent),
     )
-    core.load()
+    if load:
+        core.load()
     return core, store, events, published

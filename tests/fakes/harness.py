@@ -32,6 +32,7 @@ class Harness:
             cfg=cfg,
             clock=clock,  # type: ignore[arg-type]
             cards=cards,
+            load=False,
         )
         c = self.core
         self.book, self.desk, self.portfolio, self.risk, self.protection = (
@@ -41,9 +42,13 @@ class Harness:
             c.risk,
             c.protection,
         )
+        # the gateway's order: its account reader takes the last process's kept read, then the core loads the books;
+        # a fill counts in its order's day, as the gateway's day cycle wires it (server/trading_day.py)
         self.account = AccountReader(
             self.portfolio, self.broker.account, 30.0, self.core.risk.cash_moved, store=self.store
         )
+        self.portfolio.order_day = lambda o: self.book.order_day.get(o.client_order_id, "")
+        c.load()
         self.alerts: list[tuple[AlertKind | None, str, str]] = []
         c.alerts.sinks.append(lambda kind, text, agent, subject="": self.alerts.append((kind, text, agent)))
         self._pump: asyncio.Task[None] | None = None
