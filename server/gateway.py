@@ -988,7 +988,6 @@ class Gateway:
             f"gateway stopping on {os.uname().nodename} (pid {os.getpid()}, up {up:.0f} s): {why}",
             subject=self.headers.sid,
         )
-        remove_info(self.run_dir, self.headers.sid)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -1006,6 +1005,10 @@ class Gateway:
             loop.remove_reader(self._xpub.fileno())
             self._xpub.close(0)
         await self._close_io()
+        # last: the file left behind is what tells the next start this one ended without its clean stop (removed
+        # first, a gateway killed during its stop, a stop timeout's kill -9 on a hung stop, started again as a routine
+        # start: no word of the orders it left in doubt, no count toward a restart loop: a hunt)
+        remove_info(self.run_dir, self.headers.sid)
 
     def _count(self, name: str) -> Any:
         def bump() -> None:

@@ -5,6 +5,7 @@ find out why it died. A clean stop followed by a start says nothing of the kind.
 from __future__ import annotations
 
 import os
+import socket
 import signal
 from pathlib import Path
 
@@ -70,3 +71,33 @@ def test_a_restart_loop_is_one_message_per_start_and_said(tmp_path: Path, procs:
     loop = "3 unclean starts in 10 min: a restart loop?"
     told = wait_for(lambda: [a for a in _unclean(run) if loop in a], 10, what="the restart loop told")
     assert len(told) == 1 and "gateway started on" in told[0], told
+
+
+def test_a_gateway_killed_during_its_stop_is_told_at_the_next_start(tmp_path: Path, procs: Procs) -> None:
+    """(a hunt) The stop removed gateway.json first, then cancelled its tasks, drained the notifier (up to seconds on
+    a slow channel), settled the broker calls and closed the store: a gateway killed meanwhile (a service manager's
+    stop timeout on a hung stop, an OOM kill) started again as a routine start, with no word of what it left in
+    doubt. The file is removed last: a stop that never ended is an unclean one."""
+    run = tmp_path / "run"
+    hung = socket.socket()  # a webhook that takes the connection and never answers: the notifier's stop waits on it
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    try:
+        cfg = tmp_path / "gateway.toml"
+        cfg.write_text(
+            f'[notify]\n[[notify.webhooks]]\nshape = "json"\nurl = "http://127.0.0.1:{hung.getsockname()[1]}/k"\n'
+        )
+        gw = procs.start(
+            "gateway", "--run-dir", str(run), "--config", str(cfg), "--broker", "tests.fakes.broker:make", log_name="gw"
+        )
+        wait_for(lambda: (run / "gateway.json").exists(), 20, what="the gateway is up")
+        first = read_info(run)
+        gw.send_signal(signal.SIGTERM)
+        wait_for(lambda: "gateway stopping" in procs.log(gw), 10, what="its stop under way")
+        os.killpg(gw.pid, signal.SIGKILL)
+        gw.wait(10)
+    finally:
+        hung.close()
+    _gateway(procs, run, "gateway2", first.session)
+    told = wait_for(lambda: _unclean(run), 10, what="the unclean stop told")
+    assert len(told) == 1 and f"pid {first.pid}" in told[0], told
