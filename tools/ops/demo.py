@@ -25,7 +25,7 @@ from common.schema import StatusReply
 from server.app import held_run_locks
 from tools.ops.procs import ktrader_cmd
 from tools.ops.status import fetch_status, render_status, wall_started_ns
-from tools.ops.supervisor import Supervisor
+from tools.ops.supervisor import Supervisor, stop_children_on_hangup
 
 # piped output (CI, logs): wide enough that the agent tables are not cut to initials
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -119,9 +119,7 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
     procs = [gw]
     supervisor = Supervisor(run_dir, log_dir=logs)
     supervisor.logs.watch(logs / "gateway.log")  # the gateway appends to it for as long as the demo runs
-    # children run in their own sessions: a closed terminal or a kill must still stop them (finally)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+    stop_children_on_hangup()  # children run in their own sessions: a closed terminal or a kill must still stop them
     try:
         deadline = time.monotonic() + 30
         while not _ours(run_dir, gw.pid):  # a stale gateway.json from an earlier run is not ours
@@ -179,7 +177,3 @@ def wants_console(headless: bool, stdin_tty: bool, stdout_tty: bool) -> bool:
     """The console needs a terminal to draw on AND one to read keys from: `make demo </dev/null`
     in a terminal runs headless (for DEMO_SECONDS), it does not open a console that ignores keys."""
     return not headless and stdin_tty and stdout_tty
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)

@@ -388,3 +388,15 @@ class Supervisor:
                 self.on_change(sup)
             except Exception:  # a view's bug must not kill the watcher
                 log.exception("supervisor on_change failed")
+
+
+def stop_children_on_hangup() -> None:
+    """SIGTERM and SIGHUP end this process through its `finally` blocks, where Python's default ends it at once: the
+    agents a supervisor started run in their own sessions (a Ctrl-C in the console must not reach them), so a closed
+    terminal, an SSH drop or a kill would leave them trading with nobody to stop or restart them."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

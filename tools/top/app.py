@@ -43,7 +43,7 @@ from tools.ops.status import (
     risk_line,
     wall_started_ns,
 )
-from tools.ops.supervisor import SUPERVISED_STATES, ProcState, Supervised, Supervisor
+from tools.ops.supervisor import SUPERVISED_STATES, ProcState, Supervised, Supervisor, stop_children_on_hangup
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
@@ -817,6 +817,8 @@ def run_top(run_dir: Path, cards_dir: Path = Path("cards"), supervisor: Supervis
     log_to_file(run_dir)
     own = supervisor is None
     sup = supervisor or Supervisor(run_dir)
+    if own:  # the agents started from here stop with the console, a closed terminal's hangup included
+        stop_children_on_hangup()
     try:
         TopApp(run_dir, supervisor=sup, cards_dir=cards_dir).run()
     finally:

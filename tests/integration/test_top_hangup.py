@@ -1,0 +1,63 @@
+"""`ktrader top` closed by its terminal (SIGHUP: a window closed, an SSH drop) or a SIGTERM stops the agents it started,
+as a quit does (a hunt): Python's default for those signals ended the console at once, its `finally` never ran, and
+the agents it had started (in their own sessions, so the hangup never reached them) went on trading with nobody to
+stop or restart them. The console's window needs a terminal, so a stand-in runs in its place here; the signals, the
+process and `run_top`'s way out are the real ones."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.integration
+
+CONSOLE = """
+import sys, time
+from pathlib import Path
+from tools.top import app as top
+
+run = Path(sys.argv[1])
+
+
+class Supervisor:  # records what run_top asks of it at its end
+    def __init__(self, run_dir):
+        pass
+
+    def stop_all(self):
+        (run / "agents-stopped").write_text("yes")
+
+
+class Window:  # the console's window, open until the terminal goes
+    def __init__(self, *a, **k):
+        pass
+
+    def run(self):
+        (run / "console-up").write_text("yes")
+        time.sleep(60)
+
+
+top.Supervisor, top.TopApp = Supervisor, Window
+top.run_top(run)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_closed_terminal_stops_the_agents_the_console_started(tmp_path: Path, sig: signal.Signals) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    p = subprocess.Popen([sys.executable, "-c", CONSOLE, str(run)], cwd=ROOT)
+    try:
+        wait_for(lambda: (run / "console-up").exists(), 20, what="the console up")
+        p.send_signal(sig)
+        assert p.wait(20) != 0
+        assert (run / "agents-stopped").exists(), "the console ended without stopping its agents"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
