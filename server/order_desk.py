@@ -586,7 +586,20 @@ class OrderDesk:
             # today's P&L and fees would move with it: a real loss out of the account's daily-loss
             # count, or a virtual gain into the account's equity and drawdown peak
             raise ValueError(f"{agent} traded today: switch between shadow and live from the next trading day")
-        # the agent's past books change sides, the account's cash does not
+        past = self.book.portfolio.positions.get(agent, {}).values()
+        realized, fees = sum(p.realized_pnl for p in past), sum(p.fees for p in past)
+        if realized or fees:
+            # its money books are of one kind: switched, a shadow record's virtual gain became real budget (a live
+            # agent bought over its approved budget on it) and its P&L, equity and peaks the live agent's (a hunt);
+            # a live record's real P&L left the account's
+            was = "shadow (virtual)" if shadow is False else "live (real)"
+            now = "live" if shadow is False else "shadow"
+            raise ValueError(
+                f"{agent} has a {was} record (realised {realized:+,}, fees {fees:,}): its books stay {was.split()[0]}; "
+                f"to trade it {now}, give a copy of the card a new id (e.g. {agent}_{now}), approve it and run that; "
+                f"{agent}'s record stays as it is"
+            )
+        # an agent without a record (never filled) changes sides; the account's cash does not move
         self.book.portfolio.keep_cash_through(lambda: self.book.portfolio.set_virtual(agent, shadow))
         with self.book.store.transaction():
             self.book.store.set_meta(SHADOW_KEY, msgspec.json.encode(sorted(virtual)).decode())

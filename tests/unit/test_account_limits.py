@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from common.config import AgentCard, DrawdownPeak, GatewayConfig, RiskLimits
 from common.enums import AlertKind, Side, SystemEventKind, TradingState
@@ -362,7 +363,8 @@ async def test_an_account_emptied_then_filled_again_is_not_in_drawdown(tmp_path:
 
 async def test_a_shadow_agent_made_live_before_the_first_read_is_no_money_moved(tmp_path: Path) -> None:
     """(a review) Its virtual past (a 25 M loss) moved into the account's spending before the first read of the new
-    process, and the comparison with the kept read told '+25,000,000 moved in', raised the peak to 133 M: HALTED."""
+    process, and the comparison with the kept read told '+25,000,000 moved in', raised the peak to 133 M: HALTED.
+    (A record is now never switched: refused, the account as it was.)"""
     cfg = gateway(max_drawdown_pct=10, halt_drawdown_pct=20, drawdown_peak=DrawdownPeak.ALL_TIME)
     a = card()
     h = Harness(tmp_path / "db", cfg=cfg)
@@ -376,7 +378,8 @@ async def test_a_shadow_agent_made_live_before_the_first_read_is_no_money_moved(
     await h.account.read_once()
     await h.close()
     again = Harness(tmp_path / "db", broker=h.broker, cfg=cfg)
-    again.desk.set_mode("sh", False)  # its card made live while no gateway ran: it registers before the first read
+    with pytest.raises(ValueError, match=r"shadow \(virtual\) record"):
+        again.desk.set_mode("sh", False)  # its card made live while no gateway ran: it registers before the first read
     await again.start()
     for _ in range(3):
         again.risk.sweep([a])
