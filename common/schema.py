@@ -541,6 +541,9 @@ class StatusReply(_Msg, tag="status_reply", frozen=True):
     # the operator's newest actions from the journal (who, when, what, its outcome), newest last
     operator_actions: list[str] = []
     paused: bool = False  # the gateway's HALTED is a pause (not the kill switch's): open orders work on
+    # the shadow agents' (virtual) orders today and fills today: not in orders_today / fills_today (the account's)
+    shadow_orders_today: int = 0
+    shadow_fills_today: int = 0
 
 
 # ---- per-agent events (ROUTER → DEALER, sequenced, replayable) -------------------------------

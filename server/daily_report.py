@@ -202,7 +202,7 @@ def render(rep: DailyReport) -> str:
             + ("" if c.findings else ": agree"),
             *(f"{'':<4}{f}" for f in c.findings),
         ]
-    perf = [(r.agent, r.performance) for r in rep.agents if r.performance is not None]
+    perf = [(_name(r), r.performance) for r in rep.agents if r.performance is not None]  # (shadow) as above
     if perf:
         head = (
             f"{'performance':<{w}}{'days':>5}{'net P&L':>14}{'max DD':>12}{'Sharpe':>8}{'win rate':>9}{'turnover':>9}"

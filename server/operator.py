@@ -330,6 +330,7 @@ class Operator:
                 )
             )
         total, open_n, fills = book.counts()
+        shadow_total, _, shadow_fills = book.counts(shadow=True)
         counters = dict(gw.counters)
         counters["day_close_errors"] = gw.day.close_errors
         counters["orders_held"] = len(book.held)
@@ -383,6 +384,8 @@ class Operator:
             orders_today=total,
             open_orders=open_n,
             fills_today=fills,
+            shadow_orders_today=shadow_total,
+            shadow_fills_today=shadow_fills,
             counters=counters,
             subscriptions=gw.subs.table(),
             synced=gw.recon.synced,

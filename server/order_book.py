@@ -421,10 +421,13 @@ class OrderBook:
         """The agents with an open order (not 'external': the account owner's own orders)."""
         return sorted({o.agent for o in self.orders.values() if o.is_open} - {EXTERNAL_AGENT})
 
-    def counts(self) -> tuple[int, int, int]:
-        today = self.day()
-        total = sum(1 for c in self.orders if self.order_day.get(c) == today)
-        return total, sum(o.is_open for o in self.orders.values()), self.fills_today
+    def counts(self, shadow: bool = False) -> tuple[int, int, int]:
+        """(orders today, open orders, fills today) of the live agents (the account's), or of the shadow ones:
+        apart, so that a shadow agent's virtual trading never reads as the account's."""
+        today, virtual = self.day(), self.portfolio.virtual
+        mine = [(c, o) for c, o in self.orders.items() if (o.agent in virtual) is shadow]
+        fills = sum(n for a, n in self.fills_by_agent.items() if (a in virtual) is shadow)
+        return sum(1 for c, _ in mine if self.order_day.get(c) == today), sum(o.is_open for _, o in mine), fills
 
     def agent_counts(self, agent: str) -> tuple[int, int]:
         today = self.day()

@@ -50,3 +50,18 @@ def test_undefined_figures_read_as_a_dash() -> None:
         "Sharpe": "-1.50",
         "win rate": "0%",
     }
+
+
+def test_a_shadow_agents_performance_row_is_marked_as_its_row_above() -> None:
+    """(a hunt) The performance table named a shadow agent by its bare id, right under the money check: its virtual
+    P&L read as a live agent's."""
+    perf = AgentPerformance(days=3, net_pnl=-121_307, sharpe=-7.1, losses=1, win_rate=0.0)
+    rep = DailyReport(
+        day="20261120",
+        agents=[AgentDay(agent="sh_bracket", mode=AgentMode.SHADOW, performance=perf), AgentDay(agent="alpha")],
+    )
+    lines = render(rep).splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("performance"))
+    head, rows = lines[at], lines[at + 2 :]
+    row = next(x for x in rows if x.startswith("sh_bracket"))
+    assert row.startswith("sh_bracket (shadow)") and columns(row, head, ("net P&L",)) == {"net P&L": "-121,307"}

@@ -310,6 +310,15 @@ def _listed(items: list[str], n: int) -> str:
     return (", ".join(items) or "-") + (f" (+{n - len(items)} more)" if n > len(items) else "")
 
 
+def order_counts(st: StatusReply, label: str = "orders") -> str:
+    """The account's orders and fills of the day, the shadow agents' (virtual) beside them, never in them."""
+    so, sf = st.shadow_orders_today, st.shadow_fills_today
+    return (
+        f"{label} {st.orders_today}{f' (+{so} shadow)' if so else ''}  open {st.open_orders}  "
+        f"fills {st.fills_today}{f' (+{sf} shadow)' if sf else ''}"
+    )
+
+
 def recon_line(st: StatusReply) -> str:
     recon = (
         ("synced" if st.synced else "NOT synced")
@@ -376,7 +385,7 @@ def render_status(st: StatusReply, console: Console | None = None, started_wall_
         f"[bold]{st.session_state}[/]  "
         f"trading {trading_word(st.trading_state, st.paused)}  market {st.market_phase}  "
         f"{st.market_time.replace('T', ' ')} KST  "
-        f"orders today {st.orders_today}  open {st.open_orders}  fills {st.fills_today}  alerts today {st.alerts_today}"
+        f"{order_counts(st, 'orders today')}  alerts today {st.alerts_today}"
     )
     for line in [*health_lines(st)[1:], risk_line(st), *notifier_lines(st)]:
         console.print(f"  {line}", markup=False, highlight=False)  # agent ids and texts are data, not markup

@@ -35,6 +35,7 @@ from common.logs import LOG_FORMAT, KstFormatter, file_handler
 from common.schema import AgentStatus, StatusReply
 from common.views import trading_word
 from tools.ops.status import (
+    order_counts,
     fmt_age,
     health_lines,
     notifier_lines,
@@ -373,9 +374,8 @@ class TopApp(App[None]):
         started = wall_started_ns(self.model.run_dir, st)  # started_ns is market time (the twin's clock)
         up = fmt_age(max(0.0, time.time() - started / 1e9)) if started else "?"
         line2 = Text(
-            f"gateway pid {st.gateway_pid} up {up}  orders {st.orders_today}  open {st.open_orders}  "
-            f"fills {st.fills_today}  agents {sum(a.state.value == 'online' for a in st.agents)}/{len(st.agents)} "
-            "online"
+            f"gateway pid {st.gateway_pid} up {up}  {order_counts(st)}  "
+            f"agents {sum(a.state.value == 'online' for a in st.agents)}/{len(st.agents)} online"
         )
         if self.model.error:
             line2.append(f"  (stale: {self.model.error})", style="red")
@@ -536,6 +536,12 @@ class TopApp(App[None]):
             return not needle or any(needle in f.lower() for f in fields)
 
         today = now_kst().date()
+        st = self.model.status  # a shadow agent's orders and fills are virtual: marked, never read as the account's
+        shadow = {a.id for a in st.agents if a.mode is AgentMode.SHADOW} if st is not None else set()
+
+        def who(agent: str) -> Text:
+            return Text(f"{agent} (shadow)" if agent in shadow else agent)
+
         # every cell a Text: a str cell is Rich markup to the DataTable (a reason with "[/x]" raised)
         sync_table(
             self.main.query_one("#orders", DataTable),
@@ -543,7 +549,7 @@ class TopApp(App[None]):
                 o.client_order_id: [
                     Text(stamp(o.updated_ns, today)),
                     Text(o.client_order_id),
-                    Text(o.agent),
+                    who(o.agent),
                     Text(o.code),
                     Text(o.side.value),
                     Text(f"{o.qty:,}"),
@@ -560,7 +566,7 @@ class TopApp(App[None]):
             f.fill_id: [
                 Text(stamp(f.ts_ns, today)),
                 Text(f.client_order_id),
-                Text(f.client_order_id.rsplit("-", 2)[0]),
+                who(f.client_order_id.rsplit("-", 2)[0]),
                 Text(f.code),
                 Text(f.side.value, style="red" if f.side.value == "buy" else "blue"),
                 Text(f"{f.qty:,}"),

@@ -280,13 +280,16 @@ function renderOrders(o) {
   // what the blotter's limit left out (server.py _orders_json; absent: not said)
   $("fills-n").textContent = `${o.fills.length}` + (o.fills_cut ? " (the newest only: older ones not listed)" : "");
   $("orders-cut").textContent = o.truncated ? `${fmt(o.truncated)} older finished orders not listed (the limit)` : "";
+  // a shadow agent's orders and fills are virtual: marked, never read as the account's
+  const shadow = new Set((status?.agents || []).filter((a) => a.mode === "shadow").map((a) => a.id));
+  const mark = (coid) => shadow.has(coid.split("-").slice(0, -2).join("-")) ? `${coid} (shadow)` : coid;
   fill("fills", o.fills, (tr, f) => {
     tr.dataset.fill = f.fill_id;
-    cell(tr, kst(f.ts_ns)); cell(tr, f.client_order_id); cell(tr, f.code); cell(tr, f.side, f.side === "buy" ? "up" : "down");
+    cell(tr, kst(f.ts_ns)); cell(tr, mark(f.client_order_id)); cell(tr, f.code); cell(tr, f.side, f.side === "buy" ? "up" : "down");
     cell(tr, fmt(f.qty), "n"); cell(tr, fmt(f.price), "n");
   });
   fill("orders", o.orders, (tr, x) => {
-    cell(tr, kst(x.updated_ns)); cell(tr, x.client_order_id); cell(tr, x.code); cell(tr, x.side, x.side === "buy" ? "up" : "down");
+    cell(tr, kst(x.updated_ns)); cell(tr, mark(x.client_order_id)); cell(tr, x.code); cell(tr, x.side, x.side === "buy" ? "up" : "down");
     cell(tr, fmt(x.qty), "n"); cell(tr, fmt(x.price), "n"); cell(tr, x.state); cell(tr, fmt(x.filled_qty), "n");
     cell(tr, `${x.reason_code} ${x.reason}`.trim().slice(0, 60));
   });
