@@ -1209,7 +1209,9 @@ class Gateway:
         limits read, the P&L shown, never saw the stock move: a hunt): each sees its prints whether or not an
         agent is online. Registrations an agent holds already cost no slot; the marks' and the shadow's yield."""
         self._watch(protection_room.HOLDER, self.protection.codes(), self._protected)
-        self._watch(SHADOW_HOLDER, self.shadow_venue.codes(), self._shadowed, SHADOW_RESERVE_SLOTS)
+        # a shadow agent's protections are virtual shares': watched as its orders are, yielding, within the reserve
+        shadowed = self.shadow_venue.codes() | self.protection.codes(virtual=True)
+        self._watch(SHADOW_HOLDER, shadowed, self._shadowed, SHADOW_RESERVE_SLOTS)
         self._watch(MARKS_HOLDER, set(self.portfolio.held_codes()), self._marked, MARKS_RESERVE_SLOTS)
 
     def _yielded(self, holder: str, key: tuple[MarketKind, str]) -> None:

@@ -172,9 +172,16 @@ class ProtectionDesk:
 
     # ---- views ----------------------------------------------------------------------------------------
 
-    def codes(self) -> set[str]:
-        """The codes whose prints the gateway must watch."""
-        return {c for c, ids in self.by_code.items() if ids}
+    def codes(self, virtual: bool = False) -> set[str]:
+        """The codes whose prints the gateway must watch for the live agents' protections (real shares), or for the
+        shadow agents' (virtual ones: watched in the shadow venue's yielding name, never in a slot real shares or an
+        agent need: a hunt)."""
+        shadow = self.book.portfolio.virtual
+        return {
+            c
+            for c, ids in self.by_code.items()
+            if any((self.active[i].agent in shadow) is virtual for i in ids if i in self.active)
+        }
 
     def of(self, agent: str = "") -> list[Protection]:
         """Active protections and those that ended today (all agents', or one agent's); an earlier day's: of_day."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from kis.port import MarketKind, SubscriptionResult
 from server.gateway import MARKS_HOLDER, Gateway
+from server.shadow import HOLDER as SHADOW_HOLDER
 from server.subscriptions import SubscriptionManager
 
 
@@ -34,7 +36,7 @@ def test_a_refused_protected_code_is_asked_again_with_back_off_and_alerted_once(
         broker = RefusingBroker()
         alerts: list[str] = []
         gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=lambda: {"005930"}, of=lambda: []),
+            protection=SimpleNamespace(codes=lambda virtual=False: set() if virtual else {"005930"}, of=lambda: []),
             _protected=set(),
             _refused_protected=set(),
             _protected_retry={},
@@ -70,7 +72,7 @@ def test_a_resting_shadow_orders_code_is_watched_while_its_agent_is_away_and_rel
         broker.refuse = False
         resting = {"000660"}
         gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=set, of=lambda: []),
+            protection=SimpleNamespace(codes=lambda virtual=False: set(), of=lambda: []),
             shadow_venue=SimpleNamespace(codes=lambda: set(resting)),
             _protected=set(),
             _shadowed=set(),
@@ -108,7 +110,7 @@ def test_the_gateways_holders_are_no_agent_ids_and_virtual_orders_yield_their_sl
         protected: set[str] = set()
         alerts: list[str] = []
         gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=lambda: set(protected), of=lambda: []),
+            protection=SimpleNamespace(codes=lambda virtual=False: set() if virtual else set(protected), of=lambda: []),
             shadow_venue=SimpleNamespace(codes=lambda: {"000660", "035720", "005380", "000270"}),
             _protected=set(),
             _shadowed=set(),
@@ -148,7 +150,7 @@ def test_held_codes_are_watched_for_their_marks_and_yield_their_slots_to_agents(
         broker.refuse = False
         held = ["005930", "000660"]
         gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=set, of=lambda: []),
+            protection=SimpleNamespace(codes=lambda virtual=False: set(), of=lambda: []),
             shadow_venue=SimpleNamespace(codes=set),
             portfolio=SimpleNamespace(held_codes=lambda: list(held)),
             _protected=set(),
@@ -178,3 +180,79 @@ def test_held_codes_are_watched_for_their_marks_and_yield_their_slots_to_agents(
         assert gw._marked == set() and gw.subs.holders[(MarketKind.TRADES, "005930")] == {"alpha"}
 
     asyncio.run(main())
+
+
+def test_a_shadow_agents_protections_yield_like_its_orders() -> None:
+    """(a hunt) A shadow agent's stops are on virtual shares, yet they were watched in the protections' name, which
+    never yields: at full slots a virtual stop took the slot of the watch valuing a real position for the account's
+    marks, and live agents starting next were refused while it held it. They are watched in the shadow venue's
+    yielding name, within its reserve, as its orders are."""
+
+    async def main() -> None:
+        broker = RefusingBroker()
+        broker.refuse = False
+        virtual_stops: set[str] = set()
+        gw = SimpleNamespace(
+            protection=SimpleNamespace(codes=lambda virtual=False: set(virtual_stops) if virtual else set(), of=list),
+            shadow_venue=SimpleNamespace(codes=set),
+            portfolio=SimpleNamespace(held_codes=lambda: ["005380"]),  # real shares, their agent offline
+            _protected=set(),
+            _shadowed=set(),
+            _marked=set(),
+            _refused_protected=set(),
+            _protected_retry={},
+            alerts=lambda text, *a, **k: None,
+        )
+        gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
+        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
+        gw.subs = SubscriptionManager(broker, slots=8, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+        gw.subs.yielding = (SHADOW_HOLDER, MARKS_HOLDER)
+        gw.subs.on_yielded = lambda holder, key: Gateway._yielded(gw, holder, key)  # type: ignore[arg-type]
+        for code in ("068270", "105560", "055550"):
+            assert gw.subs.want("beta", MarketKind.TRADES, code)[0] is None
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        for code in ("012330", "000270", "035420", "051910"):  # live agents take every other slot
+            assert gw.subs.want("beta", MarketKind.TRADES, code)[0] is None
+        assert gw._marked == {"005380"}
+        virtual_stops.add("000660")  # the shadow agent arms a stop on its virtual shares
+        Gateway._watch_protected(gw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.02)
+        assert gw._marked == {"005380"} and gw._protected == set()  # the real position's mark keeps its slot
+        # a live agent starting now takes a yielding watch's slot: none is held for shares that do not exist
+        assert gw.subs.want("alpha", MarketKind.TRADES, "005935")[0] is None
+
+    asyncio.run(main())
+
+
+async def test_the_desk_tells_a_shadow_agents_protected_codes_from_the_live_ones(tmp_path: Path) -> None:
+    """What the gateway watches in which name: the live agents' protected codes (real shares), the shadow agents'
+    (virtual ones) apart."""
+    import msgspec
+
+    from common.orders import OrderState
+    from common.schema import Protect
+    from tests.fakes.harness import Harness
+    from tests.unit.test_protection import CARD, H, STOP_65K, buy
+
+    h = Harness(tmp_path / "db")
+    await h.start()
+    try:
+        assert h.desk.submit(CARD, buy(1, qty=20)).accepted  # live: filled at the fake broker
+        await h.settle(lambda: h.book.orders["alpha-20261120-1"].state is OrderState.FILLED)
+        assert (
+            h.protection.protect(CARD, Protect(h=H(), id="alpha-20261120-2", code="005930", spec=STOP_65K))[0] is None
+        )
+        bravo = msgspec.structs.replace(CARD, id="bravo")
+        h.desk.set_mode("bravo", True)
+        new = msgspec.structs.replace(buy(1, qty=10), client_order_id="bravo-20261120-1", code="000660")
+        assert h.desk.submit(bravo, new).accepted
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade("000660", 69_000, 100)  # a virtual fill
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        h.print("000660", 69_000)
+        code, text = h.protection.protect(bravo, Protect(h=H(), id="bravo-20261120-2", code="000660", spec=STOP_65K))
+        assert code is None, text
+        assert h.protection.codes() == {"005930"} and h.protection.codes(virtual=True) == {"000660"}
+    finally:
+        await h.close()
