@@ -824,7 +824,9 @@ class Reconciler:
             raise ValueError(f"no split is pending on {code}: the account's balance showed none to apply")
         if (sp.num, sp.den) != (num, den):
             raise ValueError(f"the balance shows a {sp.text} of {code}, not {PendingSplit(num, den, sp.holders).text}")
-        before = {a: p for a in sorted(sp.holders) if (p := portfolio.position(a, code)) is not None and p.qty}
+        before = {
+            a: p for a in sorted(self.split_holders(code)) if (p := portfolio.position(a, code)) is not None and p.qty
+        }
         odd = {a: p.qty for a, p in before.items() if p.qty * num % den}
         if odd:
             raise ValueError(
@@ -844,6 +846,15 @@ class Reconciler:
             portfolio.set_position(a, new)
         self._unexplained.pop(code, None)
         return changes
+
+    def split_holders(self, code: str) -> set[str]:
+        """Whose shares of `code` a split pending on it scales: the live holders the balance showed it with, and the
+        shadow agents holding virtual ones (left in the old shares' terms, a 1:10 split read as a 90 % loss of the
+        shadow record at the first print: a hunt)."""
+        portfolio = self.book.portfolio
+        sp = portfolio.splits.get(code)
+        virtual = {a for a in portfolio.virtual if (p := portfolio.position(a, code)) is not None and p.qty > 0}
+        return (set(sp.holders) if sp is not None else set()) | virtual
 
     def _busy_codes(self, now_ns: int, today: str) -> set[str]:
         """Codes with an order of ours (not a virtual agent's) whose shares may be at the broker before

@@ -229,3 +229,29 @@ async def test_a_split_keeps_the_cost_and_says_the_averages_remainder(tmp_path: 
         assert got is not None and (got.qty, got.cost) == (30, 210_100)
     finally:
         await h.close()
+
+
+async def test_a_split_scales_a_shadow_agents_virtual_shares_and_its_stop_too(tmp_path: Path) -> None:
+    """(a hunt) The split went to the live holders only: a shadow agent's virtual shares stayed in the old shares'
+    terms (10 at 70,000 after a 1:10 split read as a 90 % loss at the first print) and its stop at old prices."""
+    from common.protection import ProtectionSpec
+    from common.schema import Protect, HeaderFactory
+
+    h, d = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
+    try:
+        h.desk.set_mode("bravo", True)
+        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 10, 70_000)).accepted
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade(CODE, 69_900, 100)  # through its limit: the shadow market fills it
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        stop = Protect(h=HeaderFactory("bravo")(), id="bravo-20261120-2", code=CODE, spec=ProtectionSpec(stop=63_000))
+        assert h.protection.protect(BRAVO, stop)[0] is None
+        await check(h, balance(100, 7_000, 7_000))  # the account's balance shows a 1:10 split
+        d.ack("apply_split", value=f"{CODE} 10", sender="ops")
+        h.print(CODE, 7_000)  # the first print after the split
+        p = h.portfolio
+        assert p.position("alpha", CODE).qty == 100 and p.position("bravo", CODE).qty == 100
+        assert p.position("bravo", CODE).cost == 700_000 and p.unrealized("bravo") == 0
+        assert h.protection.active["bravo-20261120-2"].spec.stop == 6_300  # its stop in the new shares' prices
+    finally:
+        await h.close()
