@@ -615,7 +615,9 @@ class TradingDay:
         if now - self._absent_since < ABSENT_GRACE:  # a gateway just started: its agents are coming back
             return []
         registered = {card.id for card in self.cards()}
-        shadow = self.book.portfolio.virtual  # (their books are not the account's: nothing held overnight)
+        # (a shadow agent's books are virtual: an offline one's missed flatten risks no money and pages nobody; its
+        # virtual shares are carried overnight, as its record then shows)
+        shadow = self.book.portfolio.virtual
         self._approved.refresh()
         cards: list[AgentCard] = []
         for agent, approval in sorted(self._approved.cards.items()):
