@@ -755,7 +755,7 @@ class Gateway:
         if self.recorder is not None:
             self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
         self._tasks += [loop.create_task(c, name="operator") for c in self.operator.tasks()]
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a closed terminal: a clean stop too)
             try:
                 loop.add_signal_handler(sig, self._stop.set)
             except (NotImplementedError, RuntimeError):

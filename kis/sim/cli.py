@@ -128,7 +128,7 @@ async def _serve(config: TwinConfig, quiet: bool) -> None:
     print(json.dumps(info, ensure_ascii=False), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a closed terminal: a clean stop too)
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()

@@ -151,13 +151,16 @@ def test_two_agents_duplicates_and_restart(tmp_path: Path, procs: Procs, spine) 
     assert {a["id"]: a["state"] for a in st["agents"]} == {"alpha": "online", "bravo": "online"}
     assert st["orders_today"] == 2 and st["open_orders"] == 1 and st["fills_today"] == 1
 
-    # clean shutdown of an agent unregisters it, and --profile wrote its profile
-    os.kill(b.pid, signal.SIGTERM)
+    # clean shutdown of an agent unregisters it, and --profile wrote its profile; a closed terminal (SIGHUP) is a
+    # clean stop as SIGTERM is (it ended the process as a kill -9 would: a hunt)
+    os.kill(b.pid, signal.SIGHUP)
     assert b.wait(10) == 0
-    assert "stopped (SIGTERM): unregistered" in procs.log(b)  # (a person at its terminal is told: it said nothing)
+    assert "stopped (SIGHUP): unregistered" in procs.log(b)  # (a person at its terminal is told: it said nothing)
     wait_for(lambda: agent_status(run, "bravo").state == "offline", 5, what="bravo offline")
     assert (tmp_path / "bravo.prof").stat().st_size > 0
     assert gw.poll() is None
+    gw.send_signal(signal.SIGHUP)  # the gateway's terminal closed: its clean stop, nothing left behind
+    assert gw.wait(20) == 0 and not (run / "gateway.json").exists()
 
 
 def test_gateway_kill_and_restart_keeps_agents_and_books(tmp_path: Path, procs: Procs, spine) -> None:
