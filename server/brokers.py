@@ -45,7 +45,7 @@ from common.krx import Phase, phase_at
 from kis.sim.clock import ClockMode, TwinClock
 from kis.sim.history_admin import FOLLOWER_HEADER
 from kis.sim.server import TwinServer
-from kis.sim.state import SeedMismatch
+from kis.sim.state import SeedMismatch, StateUnreadable
 from kis.sim.twin import TwinConfig
 
 log = logging.getLogger("ktrader.broker")
@@ -201,6 +201,11 @@ class EmbeddedTwinBroker(KisBroker):
             raise ConfigError(
                 f"{e.path}: this run folder's twin was made with [broker] sim_seed = {e.saved}, and this start says "
                 f"{e.seed}: use sim_seed = {e.saved}, or `ktrader reset --run-dir {run}` for a new twin"
+            ) from None
+        except StateUnreadable as e:
+            raise ConfigError(
+                f"{e}: move it aside to start the twin afresh (its accounts and orders are then new; the gateway's "
+                f"books will not match them: `ktrader reset --run-dir {run}` starts both afresh)"
             ) from None
         demo = self.twin.demo
         # the twin's ports are known once it listens (start); until then these say so

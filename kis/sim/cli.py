@@ -64,7 +64,7 @@ def run(
         raise typer.BadParameter("--history drives its own clock and data: leave --clock, --date and --replay-dir out")
     # here, not at the top: every `ktrader` command mounts this one (the server and aiohttp are ~0.2 s of import)
     from kis.sim.history_market import HistoryError
-    from kis.sim.state import SeedMismatch
+    from kis.sim.state import SeedMismatch, StateUnreadable
     from kis.sim.twin import TwinConfig
 
     config = TwinConfig(
@@ -95,6 +95,9 @@ def run(
         raise typer.Exit(2) from None
     except SeedMismatch as e:
         typer.echo(f"error: {e}: start it with --seed {e.saved}, or with another --state-file", err=True)
+        raise typer.Exit(2) from None
+    except StateUnreadable as e:
+        typer.echo(f"error: {e}: move it aside to start afresh, or start with another --state-file", err=True)
         raise typer.Exit(2) from None
 
 

@@ -38,6 +38,15 @@ class SeedMismatch(ValueError):
         self.path, self.saved, self.seed = path, saved, seed
 
 
+class StateUnreadable(ValueError):
+    """The state file cannot be read as a twin's saved state (empty, cut short, not JSON): a crash or a power loss
+    while it was written, or a file put there by hand."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path} cannot be read as the twin's saved state ({why})")
+        self.path = path
+
+
 def save(twin: Twin, path: Path) -> None:
     ex = twin.exchange
     doc: dict[str, Any] = {
@@ -69,12 +78,20 @@ def save(twin: Twin, path: Path) -> None:
         "prices": {c: {"last": st.last, "prev_close": st.prev_close} for c, st in ex.stocks.items()},
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, ensure_ascii=False))
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the last one: a power loss leaves one whole file or the other
     os.replace(tmp, path)
 
 
 def restore(twin: Twin, path: Path) -> None:
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateUnreadable(path, str(e)) from None
+    if not isinstance(doc, dict):
+        raise StateUnreadable(path, "not a saved state")
     if doc.get("version") != VERSION:
         return
     if doc.get("seed", twin.config.seed) != twin.config.seed:  # (a file saved before the seed was kept: as before)
