@@ -142,9 +142,13 @@ def write_secret(secret_path: Path, pair: KeyPair) -> None:
 
 
 def write_pair(public_path: Path, secret_path: Path, pair: KeyPair) -> None:
-    write_secret(secret_path, pair)
+    """The public half first: a pair is there once its secret file is (init_gateway, make_client), so a write cut
+    short between the two is written again whole (secret first, the half pair was taken as done and its client,
+    whose public key the gateway authorises, refused for good: a hunt)."""
+    _private_dir(secret_path.parent.parent)
     _private_dir(public_path.parent)
     _write(public_path, _certificate(pair.public, None, "Public"), 0o644)
+    write_secret(secret_path, pair)
 
 
 def _new_pair() -> KeyPair:

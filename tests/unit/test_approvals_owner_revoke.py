@@ -222,3 +222,24 @@ def test_the_gateways_view_sees_two_saves_within_one_mtime_tick(tmp_path: Path) 
     approvals.withdraw(run, "alpha")
     os.utime(approvals.registry_path(run), ns=(before, before))  # (the same tick)
     assert view.get("alpha") is None
+
+
+def test_a_revoke_cut_short_is_not_undone_by_the_next_start(
+    gateways: Gateways, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a hunt) The revoke removed the key and the credential first and withdrew the approval last: cut short between
+    (a Ctrl-C, a closed terminal), the next gateway start issued the agent a fresh credential and it traded again.
+    The approval goes first: whatever the revoke did not get to, the agent stays refused."""
+    from common import curve
+
+    gateways.stop(gateways.start(BrokerEnv.SIM))
+
+    def cut_short(run_dir: Path, name: str) -> list[Path]:
+        raise RuntimeError("cut short")  # the process ends right after the revoke's first step (a Ctrl-C, a kill)
+
+    monkeypatch.setattr(curve, "revoke_client", cut_short)
+    with pytest.raises(RuntimeError, match="cut short"):
+        CliRunner().invoke(keys_app, ["revoke", "alpha", "--run-dir", str(gateways.run)], catch_exceptions=False)
+    gw = gateways.start(BrokerEnv.SIM)
+    assert isinstance(err := register(gw, card()), Error) and err.code is ErrorCode.NOT_APPROVED
+    assert "alpha" not in approvals.load(gateways.run).cards

@@ -100,3 +100,26 @@ def test_reset_keeps_the_keys_and_ignores_an_exported_gateway_json(tmp_path: Pat
     assert dest is not None and (dest / "db").exists() and (dest / "gateway.json").exists()
     assert curve.gateway_pair(run).public  # still there
     assert sorted(p.name for p in run.iterdir()) == ["keys"]
+
+
+def test_a_pair_cut_short_is_written_again_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(a hunt) `keys init` cut short between a pair's two files left the secret without its public half: taken as
+    done ever after, the tools' key (whose public half the gateway authorises) refused for good. The public half is
+    written first: a pair without its secret is written again whole."""
+    run = tmp_path / "run"
+    real = curve._write
+    written: list[Path] = []
+
+    def cut_short(path: Path, text: str, mode: int) -> None:
+        if path.parent == curve.clients_dir(run):
+            if written:  # the process ends between the tools' pair's two files
+                raise KeyboardInterrupt
+            written.append(path)
+        real(path, text, mode)
+
+    monkeypatch.setattr(curve, "_write", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        curve.init_gateway(run)
+    monkeypatch.setattr(curve, "_write", real)
+    curve.init_gateway(run)  # again: whatever is missing is written
+    assert curve.client_secret_path(run, curve.TOOLS).exists() and curve.client_public_path(run, curve.TOOLS).exists()

@@ -94,10 +94,12 @@ def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
     fresh credential (it issues one to every approved agent)."""
     try:
         curve.check_agent_name(agent_id)
+        # the approval first: it is what a gateway's start issues a credential from (withdrawn last, a revoke cut
+        # short after the files went was undone by the next start: a hunt)
+        withdrawn = approvals.exists(run_dir) and approvals.withdraw(run_dir, agent_id)
         gone = curve.revoke_client(run_dir, agent_id)
         if credentials.revoke(run_dir, agent_id):
             gone.append(credentials.credential_path(run_dir, agent_id))
-        withdrawn = approvals.exists(run_dir) and approvals.withdraw(run_dir, agent_id)
     except (curve.CurveError, ConfigError, OSError) as e:
         _fail(e)
     for path in gone:
