@@ -361,6 +361,10 @@ class Supervisor:
                     unstable += 1
             if not self._try_spawn(sup):
                 return
+            if sup._stop.is_set() and not sup._restart_now:
+                # a stop that came while the back-off ended found the old process gone and this one not yet there
+                # (it said "stopped" and the agent ran on: a hunt): this one is stopped; the loop's wait ends it
+                self._terminate(sup)
         self._changed(sup)
 
     def _backoff(self, sup: Supervised, delay: float, stamp: InfoStamp | None, for_gateway: bool) -> bool:

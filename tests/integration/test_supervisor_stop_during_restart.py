@@ -1,0 +1,54 @@
+"""A stop (x in the console, or its quit) that lands while the supervisor starts a crashed agent again stops the new
+process too (a hunt): the stop found the old process gone and the new one not yet there, said "stopped", and the
+agent ran on. Real processes: a stand-in agent that fails once, then runs; its second start is held until the stop is
+asked, so the stop always lands in that window."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tools.ops import supervisor as supervisor_module
+from tools.ops.supervisor import ProcState, RestartPolicy, Supervisor
+
+pytestmark = pytest.mark.integration
+
+CARD = 'id = "flaky"\nname = "flaky"\nstrategy = "agent.strategies.ma_cross:MaCross"\ncodes = ["005930"]\n'
+
+
+def test_a_stop_during_a_restart_stops_the_new_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    card = tmp_path / "flaky.toml"
+    card.write_text(CARD)
+    runs: list[int] = []
+
+    def command(card_path: Path, run_dir: Path) -> list[str]:
+        runs.append(1)
+        code = "import sys; sys.exit(1)" if len(runs) == 1 else "import time; time.sleep(60)"
+        return [sys.executable, "-c", code]
+
+    sup = Supervisor(tmp_path / "run", policy=RestartPolicy(base_s=0.05, stop_grace_s=2.0), command=command)
+    real_popen = subprocess.Popen
+
+    def popen(*a, **k):  # type: ignore[no-untyped-def]
+        if len(runs) >= 2:  # the restart: held until the operator's stop has been asked
+            wait_for(lambda: sup.agents["flaky"]._stop.is_set(), 10, what="the stop asked")
+        return real_popen(*a, **k)
+
+    monkeypatch.setattr(supervisor_module.subprocess, "Popen", popen)
+    s = sup.start(card)
+    try:
+        wait_for(lambda: len(runs) >= 2, 10, what="the restart under way")
+        stopper = threading.Thread(target=sup.stop, args=("flaky",))
+        stopper.start()
+        stopper.join(20)
+        wait_for(lambda: s._proc is not None and s._proc.poll() is not None, 10, what="the new process stopped")
+        assert s.state is ProcState.STOPPED, (s.state, s.reason)
+    finally:
+        if s._proc is not None and s._proc.poll() is None:
+            s._proc.kill()
+            s._proc.wait(5)
