@@ -185,7 +185,7 @@ def agent_run(ctx: typer.Context) -> None:
 def notify_test(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="gateway TOML (GatewayConfig)"),
 ) -> None:
-    """Send a test message through every channel of [notify] (webhooks, Telegram, Slack, e-mail) and say which
+    """Send a test message through every channel of \\[notify] (webhooks, Telegram, Slack, e-mail) and say which
     delivered it and why not. Exit 1 if any failed, 2 if none is configured."""
     import asyncio
 
