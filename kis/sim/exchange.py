@@ -214,6 +214,7 @@ class Exchange:
         self.accounts: dict[str, Account] = {}
         self.orders: dict[str, OrderRecord] = {}
         self.stored_at: dict[str, float] = {}  # odno -> time.monotonic() when the line was stored
+        self.changes = 0  # the accounts' order events so far (every one is noticed): the server saves soon after one
         self._by_oid: dict[tuple[str, int], OrderRecord] = {}
         self._odno_seq = 0
         self.day = clock.today()
@@ -700,6 +701,7 @@ class Exchange:
         tmd: str | None = None,
         refused: bool = False,
     ) -> None:
+        self.changes += 1
         name = self.stocks[rec.code].info.name
         q = rec.qty if qty is None else qty
         pr = rec.price if price is None else price

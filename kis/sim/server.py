@@ -21,7 +21,7 @@ from aiohttp import web
 
 from kis.sim.admin import AdminApi
 from kis.sim.rest import RestApi
-from kis.sim.state import SAVE_EVERY_S
+from kis.sim.state import SAVE_EVERY_S, SAVE_SOON_S
 from kis.sim.twin import DemoCredentials, Twin, TwinConfig, demo_credentials
 from kis.sim.ws import WsHub
 
@@ -123,7 +123,7 @@ class TwinServer:
         ex = self.twin.exchange
         interval = self.config.tick_interval
         period = interval if interval > 0 else 0.5
-        saved = time.monotonic()
+        saved, saved_changes = time.monotonic(), ex.changes
         while True:
             await asyncio.sleep(period)
             try:
@@ -131,8 +131,11 @@ class TwinServer:
                 if interval > 0:
                     ex.step()
                 # on elapsed time, not the loop's nominal periods (a lagging loop saved less often than it said)
-                if self.config.state_file is not None and time.monotonic() - saved >= SAVE_EVERY_S:
-                    saved = time.monotonic()
+                since = time.monotonic() - saved
+                if self.config.state_file is not None and (
+                    since >= SAVE_EVERY_S or (ex.changes != saved_changes and since >= SAVE_SOON_S)
+                ):
+                    saved, saved_changes = time.monotonic(), ex.changes
                     self.save_state()
             except Exception:  # the loop must survive anything a step can throw
                 log.exception("market loop step failed")

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 VERSION = 1
 SAVE_EVERY_S = 5.0  # a running twin's saves (kis/sim/server.py, on elapsed time); a stop saves at once
+# ... and this soon after an account's order event (an order, a fill, a cancel): a gateway's kill -9 took its embedded
+# twin's last 5-10 s with it, the books' fills and resting orders then unknown to the twin for good (a hunt). Not at
+# each event: the whole state is written and fsynced each time
+SAVE_SOON_S = 0.5
 UNSAVED_S = 2 * SAVE_EVERY_S  # at most this long unsaved before a kill -9 (a late save, a lagging loop: slack)
 ODNO_GAP_AFTER_RESTORE = 100_000  # order numbers skipped at a restore (more than a twin takes between two saves)
 

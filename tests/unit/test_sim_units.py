@@ -374,3 +374,31 @@ def test_a_kst_twin_counts_a_machines_sleep(monkeypatch: pytest.MonkeyPatch) -> 
     before = clock.now()
     now[0] += 9 * 3600 * 10**9  # the night's sleep: time.monotonic would not have moved
     assert clock.now() - before == dt.timedelta(hours=9)
+
+
+def test_a_running_twin_saves_an_order_soon_not_at_its_next_periodic_save(tmp_path: Path) -> None:
+    """(a hunt) The twin saved every 5 s: a gateway killed with its embedded twin took the twin's last 5-10 s with
+    it, and the books' fills and resting orders were unknown to the twin for good (a phantom deposit, 'shares sold
+    outside ktrader' every 30 s, an order nobody could cancel). An account's order event is saved within a second."""
+    import json
+
+    from kis.sim.state import SAVE_EVERY_S, SAVE_SOON_S
+    from kis.sim.testing import TwinThread
+    from kis.sim.twin import TwinConfig
+    from tests.conftest import wait_for
+
+    state = tmp_path / "twin-state.json"
+    with TwinThread(TwinConfig(tick_interval=0, state_file=state)) as tw:
+        assert tw.server is not None
+        ex = tw.server.twin.exchange
+
+        def place() -> str:
+            acct = next(iter(ex.accounts.values()))
+            bid = ex.stocks["005930"].book.best_bid()
+            assert bid is not None
+            return ex.place(acct, "005930", BookSide.BUY, "00", 1, bid - 1000).odno
+
+        odno = tw.run(place)
+        saved = lambda: state.exists() and odno in {o["odno"] for o in json.loads(state.read_text())["orders"]}  # noqa: E731
+        assert SAVE_SOON_S < SAVE_EVERY_S / 2
+        wait_for(saved, SAVE_EVERY_S / 2, what="the order in the saved state, before the periodic save")
