@@ -63,6 +63,7 @@ class FakeBroker(BrokerPort):
         self.chart_delay_s = float(os.environ.get("KTRADER_FAKE_CHART_DELAY_S", "0"))
         # the account's cash (a bench resting thousands of buys measures the path, not the cash limit)
         self.cash = int(os.environ.get("KTRADER_FAKE_CASH", "100000000"))
+        self.today_bought = self.today_sold = -1  # KIS's traded totals of the day (thdt_buy_amt ...): not reported
         self.subscribed: set[str] = set()
         self._ticks = 0
         self.submits = 0
@@ -276,6 +277,8 @@ class FakeBroker(BrokerPort):
             settlement_cash=self.cash,
             total_eval=self.cash,
             positions_eval=0,
+            today_bought=self.today_bought,  # (-1: not reported, unless a test sets KIS's day totals)
+            today_sold=self.today_sold,
         )
 
     async def base_price(self, code: str) -> int:

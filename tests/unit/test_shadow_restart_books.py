@@ -12,7 +12,6 @@ from common.config import AgentCard
 from common.enums import Side
 from common.orders import OrderState
 from common.schema import NewOrder, PositionView
-from kis.port import BrokerAccount
 from tests.fakes.broker import FakeBroker
 from tests.fakes.harness import Harness
 
@@ -22,22 +21,12 @@ CARDS = {"lvx": LIVE, "shx": SHADOW}
 DAY = "20261120"  # the harness's clock's day
 
 
-class Broker(FakeBroker):
+def totals_broker(ref_price: int) -> FakeBroker:
     """Its account answers with the day's traded totals, as KIS's does (thdt_buy_amt, thdt_sll_amt): the books'
     traded value is lined up with them."""
-
-    bought = 0
-
-    async def account(self) -> BrokerAccount:
-        return BrokerAccount(
-            cash=self.cash,
-            orderable_cash=self.cash,
-            settlement_cash=self.cash,
-            total_eval=self.cash,
-            positions_eval=0,
-            today_bought=self.bought,
-            today_sold=0,
-        )
+    broker = FakeBroker(ref_price=ref_price)
+    broker.today_bought = broker.today_sold = 0
+    return broker
 
 
 def _order(agent: str, n: int, side: Side, qty: int, price: int) -> NewOrder:
@@ -47,7 +36,7 @@ def _order(agent: str, n: int, side: Side, qty: int, price: int) -> NewOrder:
 async def _day(db: Path, shadow_side: Side) -> tuple[FakeBroker, int, int, list[str]]:
     """The first process: a live buy filled at the broker, a shadow order filled by the shadow market; the account
     read after both. (broker, cash, equity, money-moved alerts)."""
-    broker = Broker(ref_price=70_000)
+    broker = totals_broker(ref_price=70_000)
     h = Harness(db, broker=broker, cards=CARDS)
     h.portfolio.roll_day(day=DAY)  # what the day cycle's first tick does (its traded value is today's orders')
     await h.start()
@@ -70,7 +59,7 @@ async def _day(db: Path, shadow_side: Side) -> tuple[FakeBroker, int, int, list[
     await h.settle(lambda: h.book.orders[coid].state is OrderState.FILLED)
     h.print("005930", 70_000)
     broker.cash = 100_000_000 - h.portfolio.spent("lvx")  # the live buy left the real account; nothing else did
-    broker.bought = h.book.orders["lvx-20261120-1"].filled_value
+    broker.today_bought = h.book.orders["lvx-20261120-1"].filled_value
     await h.account.read_once()
     cash, equity = h.portfolio.cash(), h.portfolio.equity()
     assert cash == broker.cash and equity == broker.cash + 10 * 70_000
@@ -113,7 +102,7 @@ async def test_a_restart_with_a_carried_shadow_position_tells_no_money_moved(tmp
     """No trade today: the shadow agent carries 100 virtual shares from an earlier day. Loaded into the account's books
     and moved out after, they moved the kept read's baseline too: the restart's cash before its first read was 7 M
     low (buys judged on it), and the first read was told as 7 M of money moved into the account (its peaks scaled)."""
-    db, broker = tmp_path / "db", Broker(ref_price=70_000)
+    db, broker = tmp_path / "db", totals_broker(ref_price=70_000)
     h = Harness(db, broker=broker, cards=CARDS)
     h.portfolio.roll_day(day=DAY)
     await h.start()
