@@ -33,6 +33,7 @@ from agent.quotepoll import QuotePoller
 from agent.services import AgentServicesMixin, StateMap
 import agent.services as _services_module
 from agent.strategy import HistoryUnavailable, Strategy, params_codes_problems, unsubscribed_bars
+from common.signals import stop_signals
 from common.clock import date_of, kst_from_ns, today_kst
 from common.config import AgentCard, OnError
 from common.connection import ConnectionFileError, GatewayInfo, connection_path, read_info
@@ -805,7 +806,7 @@ class AgentRuntime(AgentServicesMixin):
         wake_w.setblocking(False)
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
         # SIGHUP too: a closed terminal stops it cleanly (unregistered, on_stop run), not as a kill -9 would
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in stop_signals()}
         try:
             self._first_registration()
             self._start_strategy()

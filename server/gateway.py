@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import secrets
-import signal
 import math
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from typing import Any, cast
 import msgspec
 import zmq
 
+from common.signals import stop_signals
 from common import approvals, credentials
 from common.views import trading_word
 from common.aio import wait_set
@@ -755,7 +755,7 @@ class Gateway:
         if self.recorder is not None:
             self._tasks.append(loop.create_task(self.recorder.run(), name="recorder"))
         self._tasks += [loop.create_task(c, name="operator") for c in self.operator.tasks()]
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a closed terminal: a clean stop too)
+        for sig in stop_signals():  # (a closed terminal too, unless started with nohup)
             try:
                 loop.add_signal_handler(sig, self._stop.set)
             except (NotImplementedError, RuntimeError):
@@ -981,7 +981,7 @@ class Gateway:
         elif me is not None and me.cancelling():
             why = "its task was cancelled (the process that runs it is ending)"
         else:
-            why = "asked to stop (SIGTERM or SIGINT: ktrader stop, Ctrl-C, the service manager)"
+            why = "asked to stop (SIGTERM, SIGINT or SIGHUP: ktrader stop, Ctrl-C, the service manager, its terminal)"
         up = time.monotonic() - getattr(self, "_started_mono", time.monotonic())
         self.operator.notifier.alert(
             AlertKind.GATEWAY_STOPPING,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -131,7 +130,9 @@ async def _serve(config: TwinConfig, quiet: bool) -> None:
     print(json.dumps(info, ensure_ascii=False), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a closed terminal: a clean stop too)
+    from common.signals import stop_signals
+
+    for sig in stop_signals():  # (a closed terminal too, unless started with nohup)
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()

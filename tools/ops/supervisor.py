@@ -46,6 +46,7 @@ from agent.runtime import (
     EXIT_OK,
     EXIT_STRATEGY,
 )
+from common.signals import stop_signals
 from common.config import ConfigError, load_card
 from common.enums import ControlAction
 from common.connection import connection_path
@@ -398,9 +399,12 @@ def stop_children_on_hangup() -> None:
     """SIGTERM and SIGHUP end this process through its `finally` blocks, where Python's default ends it at once: the
     agents a supervisor started run in their own sessions (a Ctrl-C in the console must not reach them), so a closed
     terminal, an SSH drop or a kill would leave them trading with nobody to stop or restart them."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in stop_signals(interrupt=False):
         signal.signal(sig, _exit_on_signal)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
+    # once: a second signal (a hangup often comes twice) would end the agents' stop in the `finally` half-way
+    for sig in stop_signals(interrupt=False):
+        signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(128 + signum)
