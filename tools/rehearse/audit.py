@@ -33,7 +33,7 @@ from common.enums import AgentMode
 from common.errors import ErrorCode
 from common.ids import EXTERNAL_AGENT, GATEWAY_ORDER_BASE, parse_client_order_id
 from common.orders import Order, OrderState
-from common.schema import FillUpdate, PositionUpdate
+from common.schema import StatusReply, FillUpdate, PositionUpdate
 from server.daily_report import DailyReport
 from server.store import Store
 from server.order_desk import SHADOW_KEY
@@ -452,6 +452,12 @@ def compare(
 def parity_failures(rows: Iterable[ParityRow]) -> list[str]:
     """The audit's failures from its parity rows: each difference no reason covers on its day."""
     return [f"{row.agent}: {text}" for row in rows for text in row.unexplained]
+
+
+def counted_fills(st: StatusReply) -> int:
+    """The day's fills as the gateway's status counts them: the account's and the shadow agents' (the store keeps
+    both; the status says them apart)."""
+    return st.fills_today + st.shadow_fills_today
 
 
 def audit_run(

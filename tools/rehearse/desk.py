@@ -272,6 +272,8 @@ class Desk:
                 c.get("reports_written", 0),
                 st.orders_today,
                 st.fills_today,
+                st.shadow_orders_today,  # (a shadow agent's work is work too)
+                st.shadow_fills_today,
                 st.open_orders,
             )
             now = time.monotonic()

@@ -44,6 +44,7 @@ from tools.rehearse.audit import (
     _orders,
     audit_run,
     backtest_filled,
+    counted_fills,
     compare,
     live_fees,
     live_filled,
@@ -172,7 +173,7 @@ def rehearse(
             desk.settle(day=key)
             desk.advance(stops.after_close)
             st = desk.settle(60.0, day=key, report=True, daily=_daily_agents(plain, _traded(series, day)))
-            day_fills[key] = st.fills_today
+            day_fills[key] = counted_fills(st)
         if progress:
             progress("audit", len(days), len(days))
         twin_orders = desk.twin_orders()
