@@ -255,3 +255,47 @@ async def test_a_split_scales_a_shadow_agents_virtual_shares_and_its_stop_too(tm
         assert h.protection.active["bravo-20261120-2"].spec.stop == 6_300  # its stop in the new shares' prices
     finally:
         await h.close()
+
+
+async def test_a_pending_split_counts_a_shadow_holder_as_a_holder(tmp_path: Path) -> None:
+    """(a review) Until the operator applied it, a shadow holder was no holder of the split the balance showed: its
+    stop in the old shares' prices met the first new-shares print unscaled and fired (a virtual 90 % loss), and the
+    fired exit then held the apply back. Its virtual shares are the same shares: scaled as a live holder's are."""
+    from common.protection import ProtectionSpec
+    from common.schema import HeaderFactory, Protect
+
+    h, _ = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
+    try:
+        h.desk.set_mode("bravo", True)
+        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 10, 70_000)).accepted
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade(CODE, 69_900, 100)
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        stop = Protect(h=HeaderFactory("bravo")(), id="bravo-20261120-2", code=CODE, spec=ProtectionSpec(stop=63_000))
+        assert h.protection.protect(BRAVO, stop)[0] is None
+        await check(h, balance(100, 7_000, 7_000))  # the balance shows a 1:10 split: pending
+        assert "bravo" in h.portfolio.splits[CODE].holders
+        h.print(CODE, 7_000)  # the first print after the split, before the operator applies it
+        assert h.protection.active["bravo-20261120-2"].state.value == "armed"  # not met: 7,000 is 70,000 old
+        assert h.portfolio.unrealized("bravo") > -100_000
+    finally:
+        await h.close()
+
+
+async def test_a_shadow_agents_odd_virtual_lot_does_not_hold_the_accounts_reverse_split_back(tmp_path: Path) -> None:
+    """(a review) One shadow agent's 15 virtual shares refused a 10:1 reverse split for everyone, the account's real
+    shares left in the old terms and their orders held. A live holder's fraction is the broker's to settle; a shadow
+    holder's virtual one is dropped (its record errs low)."""
+    h, d = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
+    try:
+        h.desk.set_mode("bravo", True)
+        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 15, 70_000)).accepted
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade(CODE, 69_900, 100)
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        await check(h, balance(1, 700_000, 700_000))  # the balance shows a 10:1 reverse split of alpha's 10
+        assert CODE in h.portfolio.splits
+        d.ack("apply_split", value=f"{CODE} 1/10", sender="ops")
+        assert h.portfolio.position("alpha", CODE).qty == 1 and h.portfolio.position("bravo", CODE).qty == 1
+    finally:
+        await h.close()
