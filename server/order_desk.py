@@ -579,16 +579,19 @@ class OrderDesk:
             # real ones from reconciliation
             kind = "virtual (shadow)" if shadow is False else "real"
             raise ValueError(
-                f"{agent} holds {kind} shares of {', '.join(held)}: flatten it before switching between shadow "
-                "and live, or give the card a new id"
+                f"{agent} holds {kind} shares of {', '.join(held)}: an id's books are of one kind: run the card in "
+                f"the other mode under a new id (e.g. {agent}_{'live' if shadow is False else 'shadow'})"
             )
         if any(o.agent == agent and o.filled_qty for o in self.book.orders.values()):
             # today's P&L and fees would move with it: a real loss out of the account's daily-loss
             # count, or a virtual gain into the account's equity and drawdown peak
-            raise ValueError(f"{agent} traded today: switch between shadow and live from the next trading day")
+            raise ValueError(
+                f"{agent} traded today: an id's books are of one kind: run the card in the other mode under a new id "
+                f"(e.g. {agent}_{'live' if shadow is False else 'shadow'})"
+            )
         past = self.book.portfolio.positions.get(agent, {}).values()
         realized, fees = sum(p.realized_pnl for p in past), sum(p.fees for p in past)
-        if realized or fees:
+        if any(p.realized_pnl or p.fees or p.cost for p in past):  # (any fill: a record that nets to 0 is one too)
             # its money books are of one kind: switched, a shadow record's virtual gain became real budget (a live
             # agent bought over its approved budget on it) and its P&L, equity and peaks the live agent's (a hunt);
             # a live record's real P&L left the account's

@@ -52,3 +52,40 @@ def test_a_stop_during_a_restart_stops_the_new_process(tmp_path: Path, monkeypat
         if s._proc is not None and s._proc.poll() is None:
             s._proc.kill()
             s._proc.wait(5)
+
+
+def test_a_stop_during_an_operators_restart_stops_the_new_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a review) The same window in the operator's restart (r, then x or a quit while the new process starts)."""
+    card = tmp_path / "steady.toml"
+    card.write_text(CARD.replace("flaky", "steady"))
+    runs: list[int] = []
+
+    def command(card_path: Path, run_dir: Path) -> list[str]:
+        runs.append(1)
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    sup = Supervisor(tmp_path / "run", policy=RestartPolicy(base_s=0.05, stop_grace_s=2.0), command=command)
+    real_popen = subprocess.Popen
+
+    def popen(*a, **k):  # type: ignore[no-untyped-def]
+        if len(runs) >= 2:  # the restart's new process: held until the operator's stop has been asked
+            wait_for(lambda: sup.agents["steady"]._stop.is_set(), 10, what="the stop asked")
+        return real_popen(*a, **k)
+
+    monkeypatch.setattr(supervisor_module.subprocess, "Popen", popen)
+    s = sup.start(card)
+    try:
+        wait_for(lambda: s.state is ProcState.RUNNING and s._proc is not None, 10, what="the agent running")
+        sup.restart("steady")
+        wait_for(lambda: len(runs) >= 2, 10, what="the restart under way")
+        stopper = threading.Thread(target=sup.stop, args=("steady",))
+        stopper.start()
+        stopper.join(20)
+        wait_for(lambda: s._proc is not None and s._proc.poll() is not None, 10, what="the new process stopped")
+        assert s.state is ProcState.STOPPED, (s.state, s.reason)
+    finally:
+        if s._proc is not None and s._proc.poll() is None:
+            s._proc.kill()
+            s._proc.wait(5)

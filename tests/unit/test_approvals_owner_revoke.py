@@ -243,3 +243,18 @@ def test_a_revoke_cut_short_is_not_undone_by_the_next_start(
     gw = gateways.start(BrokerEnv.SIM)
     assert isinstance(err := register(gw, card()), Error) and err.code is ErrorCode.NOT_APPROVED
     assert "alpha" not in approvals.load(gateways.run).cards
+
+
+def test_a_revoke_whose_approvals_file_is_unreadable_still_locks_the_agent_out(tmp_path: Path) -> None:
+    """(a review) With the approval withdrawn first, an unreadable approvals file ended the revoke before the key and
+    the credential went: the agent kept connecting and trading. They go; the command fails saying the approval
+    stands."""
+    from common import curve
+
+    run = tmp_path / "run"
+    curve.init_gateway(run)
+    secret = curve.make_client(run, "alpha")
+    approvals.registry_path(run).write_text("{ not json")  # damaged (a crash, an edit by hand)
+    r = CliRunner().invoke(keys_app, ["revoke", "alpha", "--run-dir", str(run)])
+    assert not secret.exists() and not curve.client_public_path(run, "alpha").exists()
+    assert r.exit_code == 2 and "NOT withdrawn" in r.output and "removed" in r.output, r.output

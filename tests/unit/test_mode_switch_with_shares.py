@@ -22,7 +22,9 @@ async def test_shadow_shares_block_the_switch_to_live(tmp_path: Path) -> None:
         await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.ACCEPTED)
         h.core.shadow_venue.on_trade("005930", 69_000, 100)  # a virtual fill
         await h.settle(lambda: h.book.orders[coid(1)].state is OrderState.FILLED)
-        with pytest.raises(ValueError, match="virtual .shadow. shares of 005930: flatten it"):
+        with pytest.raises(
+            ValueError, match=r"virtual .shadow. shares of 005930: an id.s books.*new id \(e.g. alpha_live\)"
+        ):
             h.desk.set_mode("alpha", False)
         assert "alpha" in h.portfolio.virtual and h.portfolio.account_positions() == {}
         assert h.broker.submits == 0

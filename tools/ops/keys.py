@@ -92,11 +92,15 @@ def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
     are refused, a running agent's heartbeats too (it exits within seconds, code 2: a supervisor does not restart
     it; its open orders keep working). The approval goes too, or the gateway's next start would issue the agent a
     fresh credential (it issues one to every approved agent)."""
+    withdraw_failed: Exception | None = None
     try:
         curve.check_agent_name(agent_id)
         # the approval first: it is what a gateway's start issues a credential from (withdrawn last, a revoke cut
         # short after the files went was undone by the next start: a hunt)
-        withdrawn = approvals.exists(run_dir) and approvals.withdraw(run_dir, agent_id)
+        try:
+            withdrawn = approvals.exists(run_dir) and approvals.withdraw(run_dir, agent_id)
+        except (ConfigError, OSError) as e:  # the key and credential go all the same: the connections stop now
+            withdrawn, withdraw_failed = False, e
         gone = curve.revoke_client(run_dir, agent_id)
         if credentials.revoke(run_dir, agent_id):
             gone.append(credentials.credential_path(run_dir, agent_id))
@@ -104,6 +108,13 @@ def revoke(agent_id: str = typer.Argument(...), run_dir: Path = _RUN) -> None:
         _fail(e)
     for path in gone:
         typer.echo(f"removed {path}")
+    if withdraw_failed is not None:
+        _fail(
+            ConfigError(
+                f"{withdraw_failed}; the approval of {agent_id} is NOT withdrawn: the gateway's next start would issue "
+                f"it a fresh credential: mend the approvals file and run the revoke again"
+            )
+        )
     if withdrawn:
         typer.echo(
             f"withdrew the approval of {agent_id} ({approvals.registry_path(run_dir)}): its card must be approved "

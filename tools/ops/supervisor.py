@@ -300,6 +300,7 @@ class Supervisor:
                 crashed = rc == -signal.SIGKILL  # (a copy that would not stop in the grace was killed)
                 if not self._try_spawn(sup):
                     return
+                self._stop_if_asked(sup)
                 continue
             if sup._stop.is_set():
                 sup.state, sup.reason = ProcState.STOPPED, "stopped by the operator"
@@ -362,11 +363,14 @@ class Supervisor:
                     unstable += 1
             if not self._try_spawn(sup):
                 return
-            if sup._stop.is_set() and not sup._restart_now:
-                # a stop that came while the back-off ended found the old process gone and this one not yet there
-                # (it said "stopped" and the agent ran on: a hunt): this one is stopped; the loop's wait ends it
-                self._terminate(sup)
+            self._stop_if_asked(sup)
         self._changed(sup)
+
+    def _stop_if_asked(self, sup: Supervised) -> None:
+        """A stop that came while the process was being started found the old one gone and this one not yet there (it
+        said "stopped" and the agent ran on: a hunt): this one is stopped; the watcher's wait then ends as stopped."""
+        if sup._stop.is_set() and not sup._restart_now:
+            self._terminate(sup)
 
     def _backoff(self, sup: Supervised, delay: float, stamp: InfoStamp | None, for_gateway: bool) -> bool:
         """Wait out a back-off; True if stop() or restart() ended it. Waiting for a gateway, it also ends as soon
