@@ -169,6 +169,14 @@ class MasterCopy(msgspec.Struct, frozen=True):
     url: str
     codes: int  # distinct codes of both files: a copy whose files do not add up to it is not the copy
     digest: str = ""  # sha256 of both files: the same list again (KIS not rebuilt yet) is told apart
+    # when these very bytes were first downloaded (carried while the list stays the same): a list first seen before
+    # the day's rebuild hour is the previous day's, whenever it was downloaded again ("": as `at`)
+    first_seen: str = ""
+    markets: dict[str, int] = {}  # codes per market's file: one file cut short is told apart ({}: not kept)
+
+    @property
+    def seen_since(self) -> str:
+        return self.first_seen or self.at
 
     @property
     def day(self) -> str:
@@ -222,11 +230,12 @@ def _checked(raw: bytes, market: str, where: str) -> dict[str, MasterEntry]:
 
 
 async def download_master(
-    base_url: str, folder: Path, at: dt.datetime, *, timeout_s: float = 30.0, previous_codes: int = 0
+    base_url: str, folder: Path, at: dt.datetime, *, timeout_s: float = 30.0, previous: MasterCopy | None = None
 ) -> MasterCopy:
     """Both markets' files from KIS's download folder into `folder`, replacing the copy there only
-    when both arrived whole, parse, and list at least half the codes of the copy they replace
-    (`previous_codes`: a list cut short at KIS's end is refused); MasterError says why not, and the
+    when both arrived whole, parse, and each list at least half the codes of the `previous` copy's file (a list cut
+    short at KIS's end is refused: each file, one cut short hid behind the other's count: a hunt); the copy carries
+    when its bytes were first seen (`previous`'s when they are the same); MasterError says why not, and the
     old copy stays. Cancellable (a gateway stopping, or a standby taking over, never waits for it);
     `timeout_s` bounds the whole download."""
     import httpx  # only the gateway and the doctor download; `cards check` and the backtester read files
@@ -254,8 +263,15 @@ async def download_master(
         raise MasterError(f"{base_url}: {type(e).__name__}: {e or 'no answer'}") from None
     raws = {market: raw for market, (raw, _) in got.items()}
     codes = len({code for _, entries in got.values() for code in entries})  # once: a code may be in both
-    if codes * 2 < previous_codes:  # listings change by a handful a day, never by half
-        raise MasterError(f"{base_url}: only {codes} codes where the copy has {previous_codes}: a truncated list?")
+    markets = {market: len(entries) for market, (_, entries) in got.items()}
+    before = previous.markets if previous is not None and previous.markets else {}
+    for market, n in markets.items():  # listings change by a handful a day, never by half
+        if n * 2 < before.get(market, 0):
+            raise MasterError(
+                f"{base_url}: only {n} {market} codes where the copy has {before[market]}: a truncated list?"
+            )
+    if previous is not None and codes * 2 < previous.codes:
+        raise MasterError(f"{base_url}: only {codes} codes where the copy has {previous.codes}: a truncated list?")
 
     def write() -> None:
         private_dir(folder)
@@ -265,6 +281,9 @@ async def download_master(
         write_atomic(folder / STAMP, msgspec.json.encode(copy))  # last: a copy without its stamp is incomplete
 
     digest = hashlib.sha256(b"".join(raws[m] for m in sorted(raws))).hexdigest()
-    copy = MasterCopy(at=at.isoformat(timespec="seconds"), url=base_url, codes=codes, digest=digest)
+    stamp = at.isoformat(timespec="seconds")
+    same = previous is not None and previous.digest == digest and previous.url == base_url
+    first_seen = previous.seen_since if same and previous is not None else stamp
+    copy = MasterCopy(at=stamp, url=base_url, codes=codes, digest=digest, first_seen=first_seen, markets=markets)
     await asyncio.to_thread(write)
     return copy

@@ -125,10 +125,17 @@ class MasterKeeper:
         self.timeout_s = timeout_s
         got = own_copy(cfg)
         self.copy = got[0] if got is not None else None
-        self.unchanged = False  # the last download brought the previous day's bytes back
         self.failures = 0  # downloads that failed since the last success (status)
         self.last_error = ""
         self._alerted_day = ""
+
+    @property
+    def unchanged(self) -> bool:
+        """The copy's list is the one KIS served before the day's rebuild hour (the previous day's), downloaded again
+        since: tried again until LAST_TRY (whenever it was first downloaded: a second download of the same bytes,
+        or a first one before 08:00, stopped the tries, and the list KIS published at 08:15 waited a day: a hunt)."""
+        c = self.copy
+        return c is not None and bool(c.digest) and dt.datetime.fromisoformat(c.seen_since) < due_since(self.now())
 
     def stale(self) -> bool:
         c, now = self.copy, self.now()
@@ -141,17 +148,14 @@ class MasterKeeper:
         old = self.copy
         try:
             # (a copy from another master_url says nothing of how long this one's list should be)
-            previous = old.codes if old is not None and old.url == self.url else 0
-            copy = await download_master(
-                self.url, self.folder, self.now(), timeout_s=self.timeout_s, previous_codes=previous
-            )
+            previous = old if old is not None and old.url == self.url else None
+            copy = await download_master(self.url, self.folder, self.now(), timeout_s=self.timeout_s, previous=previous)
             master = await asyncio.to_thread(_from_copy, self.folder, copy)
         except (MasterError, OSError) as e:
             self.failures += 1
             self.last_error = str(e)
             raise MasterError(str(e)) from None
         self.copy, self.failures, self.last_error = copy, 0, ""
-        self.unchanged = bool(old is not None and old.digest and old.digest == copy.digest and old.day < copy.day)
         self.install(master)  # on the event loop: every reader sees the old master or the new one
         log.info("stock master downloaded: %d codes, %s", len(master.entries), master.source)
         return master

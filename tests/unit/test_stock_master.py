@@ -133,7 +133,9 @@ def test_download_replaces_the_copy_only_when_both_files_are_whole(
         assert read_copy(tmp_path) == copy and (tmp_path / "kospi_code.mst").read_bytes() == before
     files["kosdaq_code.mst.zip"] = good
     with pytest.raises(MasterError, match="truncated list"):  # half the codes the copy has: refused
-        asyncio.run(download_master(url, tmp_path, _at(7), previous_codes=copy.codes * 3))
+        asyncio.run(
+            download_master(url, tmp_path, _at(7), previous=msgspec.structs.replace(copy, codes=copy.codes * 3))
+        )
     with pytest.raises(MasterError, match="ConnectError"):
         asyncio.run(download_master("http://127.0.0.1:9/common/master", tmp_path, _at(4), timeout_s=2))
     # a file cut short on disk (a crash before it reached the disk) is not taken for the copy
@@ -215,3 +217,46 @@ def test_a_damaged_copy_is_downloaded_again_and_codes_count_once(
     for bad in ("http://127.0.0.1:99999999/x", "ftp://127.0.0.1/x", "not a url"):  # a malformed master_url
         with pytest.raises(MasterError):
             asyncio.run(download_master(bad, tmp_path / "other", _at(1), timeout_s=2))
+
+
+def test_the_days_list_is_waited_for_until_nine_whenever_the_same_list_was_first_downloaded(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]]
+) -> None:
+    """(a hunt) A second download of the same list cleared the wait (08:00 and 08:10 brought yesterday's, and the
+    list KIS published at 08:15 waited a day), and a first download before 08:00 (a Monday 07:30 start) was never
+    taken for yesterday's at all. The list first seen before 08:00 is waited past until a new one or 09:00."""
+    url, files = server
+    _publish(files)
+    cfg = GatewayConfig(run_dir=str(tmp_path), master_url=url, broker=BrokerConfig(env=BrokerEnv.REAL))
+    now = [dt.datetime(2026, 12, 7, 7, 30, tzinfo=KST_)]
+    keeper = MasterKeeper(cfg, lambda: now[0], lambda m: None, lambda t, k: None, timeout_s=2)
+    asyncio.run(keeper.fetch())  # a first start at 07:30: the list KIS served then (the day before's)
+    assert not keeper.stale()
+    for minute in (0, 10):  # 08:00 and 08:10: the same bytes again
+        now[0] = dt.datetime(2026, 12, 7, 8, minute, tzinfo=KST_)
+        assert keeper.stale()
+        asyncio.run(keeper.fetch())
+        assert keeper.unchanged and keeper.stale()  # still waiting for the day's list
+    again = MasterKeeper(cfg, lambda: now[0], lambda m: None, lambda t, k: None, timeout_s=2)
+    assert again.unchanged and again.stale()  # a restart keeps waiting too (the stamp says when it was first seen)
+    files["kosdaq_code.mst.zip"] = master_zip([s for s in STOCKS if s.market == "KOSDAQ"][:-1], "KOSDAQ")  # 08:15
+    now[0] = dt.datetime(2026, 12, 7, 8, 20, tzinfo=KST_)
+    asyncio.run(keeper.fetch())
+    assert not keeper.unchanged and not keeper.stale()
+
+
+def test_one_market_file_cut_short_is_refused_though_the_other_holds_the_count(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]]
+) -> None:
+    """(a hunt) The truncated-list guard counted both files together: a KOSDAQ file cut to a few lines replaced the
+    copy (every KOSDAQ code unlisted for the day) because the KOSPI file kept the total above half."""
+    url, files = server
+    _publish(files)
+    listed = [dataclasses.replace(s, market="KOSDAQ") for s in STOCKS]  # (every code in each file: a long KOSDAQ list)
+    files["kosdaq_code.mst.zip"] = master_zip(listed, "KOSDAQ")
+    copy = asyncio.run(download_master(url, tmp_path, _at(4)))
+    assert copy.markets["KOSDAQ"] == len(STOCKS)
+    files["kosdaq_code.mst.zip"] = master_zip(listed[:1], "KOSDAQ")  # cut short at KIS's end: the total holds
+    with pytest.raises(MasterError, match="KOSDAQ codes where the copy has"):
+        asyncio.run(download_master(url, tmp_path, _at(5), previous=copy))
+    assert read_copy(tmp_path) == copy
