@@ -159,6 +159,23 @@ def load_stock_master(master_dir: str | Path | None) -> StockMaster:
     return StockMaster(entries=load_master_dir(master_dir), source=str(master_dir), strict=True)
 
 
+def folder_master(run_dir: str | Path) -> StockMaster:
+    """The master a run folder's cards are checked against (`cards approve`, a reload): the copy of KIS's files its
+    gateway keeps (RUN/master, a paper or real account's), strict; else (a twin's folder, none downloaded yet, a copy
+    that cannot be read) the twin's list, where an unknown code is a warning (approved against the twin's 24 codes on
+    a real account's folder, a typo'd code went live with a warning: a hunt)."""
+    folder = Path(run_dir) / "master"
+    copy = read_copy(folder)
+    if copy is not None:
+        try:
+            return StockMaster(
+                entries=load_copy(folder, copy), source=f"KIS master of {copy.day} ({folder})", strict=True
+            )
+        except (MasterError, OSError, ValueError):
+            pass
+    return twin_master()
+
+
 # ---- a copy of KIS's files, downloaded and kept current by the gateway ---------------------------
 
 

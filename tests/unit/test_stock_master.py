@@ -260,3 +260,23 @@ def test_one_market_file_cut_short_is_refused_though_the_other_holds_the_count(
     with pytest.raises(MasterError, match="KOSDAQ codes where the copy has"):
         asyncio.run(download_master(url, tmp_path, _at(5), previous=copy))
     assert read_copy(tmp_path) == copy
+
+
+def test_cards_approve_checks_codes_against_the_folders_kis_master(
+    tmp_path: Path, server: tuple[str, dict[str, bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a hunt) `cards approve` (and a reload) checked codes against the twin's 24-code list, where an unknown code
+    is a warning: on a real account's folder a typo'd code (005931) was approved to trade live, "note: 2 warnings".
+    The folder's own copy of KIS's master is the one: an unknown code is an error there, not approved."""
+    from tests.unit.test_approve_real_account_asks import REAL, card, folder_of
+    from tools.ops.approve import main
+
+    url, files = server
+    _publish(files)
+    run = folder_of(tmp_path, REAL)
+    asyncio.run(download_master(url, run / "master", _at(4)))  # what the real account's gateway keeps there
+    typo = card(tmp_path, "typo")
+    typo.write_text(typo.read_text().replace('"005930"', '"005931"'))
+    assert main([typo], run, yes=True) == 2
+    assert "005931: not in the KIS stock master" in capsys.readouterr().err
+    assert main([card(tmp_path, "fine")], run, yes=True) == 0  # a code the master lists

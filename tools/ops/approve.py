@@ -38,15 +38,15 @@ def gateway_was_here(run_dir: Path) -> bool:
     return any(p.exists() for p in ktrader_marks(run_dir) if p.name != "approved.json")
 
 
-def _card_errors(cards: list[tuple[Path, AgentCard]]) -> tuple[list[str], int]:
+def _card_errors(cards: list[tuple[Path, AgentCard]], run_dir: Path) -> tuple[list[str], int]:
     """The one-card rules of `ktrader cards check` (strategy loads, params valid, limits that can
-    work, ...): an agent whose card breaks them fails after it registers, so it is not approved.
-    (errors, number of warnings)."""
-    from kis.master import load_stock_master
+    work, ...), its codes against the run folder's stock master: an agent whose card breaks them fails
+    after it registers, so it is not approved. (errors, number of warnings)."""
+    from kis.master import folder_master
     from tools.ops.cards_check import card_problems
 
     sys.path.insert(0, str(Path.cwd()))  # strategies may live in the working tree, as for cards check
-    sm = load_stock_master(None)
+    sm = folder_master(run_dir)
     problems = [p for f, card in cards for p in card_problems(f, card, sm)]
     return [str(p) for p in problems if not p.warning], sum(p.warning for p in problems)
 
@@ -216,7 +216,7 @@ def main(
         if len(set(ids)) != len(ids):
             typer.echo(f"error: an id is approved twice in one go: {sorted(ids)}", err=True)
             return 2
-        errors, warnings = _card_errors(cards)
+        errors, warnings = _card_errors(cards, run_dir)
         if errors:
             for line in errors:
                 typer.echo(line, err=True)

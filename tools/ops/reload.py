@@ -9,7 +9,7 @@ from pathlib import Path
 from common.approvals import checksum
 from common.config import AgentCard, ConfigError, load_card
 from common.schema import reload_expect
-from kis.master import load_stock_master
+from kis.master import folder_master
 from tools.ops.cards_check import card_problems
 from tools.ops.status import send_control
 
@@ -29,15 +29,16 @@ def find_card(cards_dir: Path, agent: str) -> Path | None:
     return None
 
 
-def checked_card(path: Path, agent: str) -> AgentCard:
-    """`agent`'s card at `path`, checked with the card checker's rules (a reload's, and its preview's)."""
+def checked_card(path: Path, agent: str, run_dir: str | Path) -> AgentCard:
+    """`agent`'s card at `path`, checked with the card checker's rules against the run folder's stock master (a
+    reload's, and its preview's)."""
     try:
         card = load_card(path)
     except ConfigError as e:
         raise ReloadError(f"{e}: nothing changed") from None
     if card.id != agent:
         raise ReloadError(f"{path} is the card of {card.id!r}, not {agent!r}: nothing changed")
-    errors = [p for p in card_problems(path, card, load_stock_master(None)) if not p.warning]
+    errors = [p for p in card_problems(path, card, folder_master(run_dir)) if not p.warning]
     if errors:
         raise ReloadError("; ".join(str(p) for p in errors) + ": nothing changed")
     return card
@@ -59,7 +60,7 @@ def reload_card(
     path = card_path or find_card(cards_dir, agent)
     if path is None:
         raise ReloadError(f"no card with id {agent!r} in {cards_dir}/: give it with --card PATH")
-    card = checked_card(path, agent)
+    card = checked_card(path, agent, run_dir)
     if expect_sha is not None and checksum(card) != expect_sha:
         raise ReloadError(f"{path} changed since the preview you confirmed: nothing applied; preview it again")
     value = reload_expect(expect_preview) if expect_preview is not None else ""

@@ -288,7 +288,7 @@ class ConsoleModel:
         path = self.card_for(agent)
         if path is None:
             raise ReloadError(f"no card with id {agent!r} in {self.cards_dir}/")
-        card = checked_card(path, agent)
+        card = checked_card(path, agent, self.run_dir)
         text = send_control(
             self.run_dir, "reload", agent, CONTROL_TIMEOUT_S, card=card, sender=self.sender, value=RELOAD_PREVIEW
         )
@@ -412,7 +412,7 @@ class ConsoleModel:
         try:
             # what the restarted agent (and Supervisor.start) load, with the card checker's rules: checked
             # before anything stops
-            loaded = checked_card(card, agent)
+            loaded = checked_card(card, agent, self.run_dir)
         except ReloadError as e:
             raise ActionError(f"not restarted (nothing stopped): {str(e).removesuffix(': nothing changed')}") from None
         if why := self._approval_problem(agent, loaded):
