@@ -884,6 +884,7 @@ class Gateway:
         self.master = master
         self.risk.known_codes, self.risk.master_source = master.entries, f"stock master: {master.source}"
         self.sessions.listed, self.sessions.listed_source = master.__contains__, master.source
+        self.sessions.subscribe_newly_listed()  # (codes agents' cards named before this master listed them)
         self.portfolio.set_sectors(master.sectors())  # per-sector limits (unknown sectors count together)
         # each code's kind and market, as the backtester reads them: ETF grid and no sell tax, KOSDAQ/KONEX
         # rules (without them every code is a KOSPI stock: ETF prices off the stock grid denied, ETF prints

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -102,6 +102,9 @@ class AgentSessions:
         self.hold_s = hold_s  # an expired lease's market data kept this long (the gateway: offline_after_s)
         self.listed = listed  # the stock master (None: every code is taken)
         self.listed_source = listed_source
+        # agent -> its card's codes not subscribed at its registration because the master did not list them (yet):
+        # subscribed when a newer master lists them (subscribe_newly_listed)
+        self._unlisted: dict[str, set[str]] = {}
         self.protection = protection  # protective orders: in the snapshot, and their ids in the numbering
         self.approved = approved  # the operator's approved card of an agent id
         self.approval_refusal = approval_refusal  # why an approval is not honoured here ("": none to say)
@@ -401,10 +404,30 @@ class AgentSessions:
     # ---- market data of a card ------------------------------------------------------------------------
 
     def _subscribe_card(self, rec: AgentRecord) -> None:
+        self._unlisted.pop(rec.id, None)
+        self._subscribe_codes(rec, rec.card.codes)
+
+    def subscribe_newly_listed(self) -> None:
+        """A newer stock master was installed: the codes it lists now that agents' cards named and their
+        registrations skipped (today's listing while the gateway still had yesterday's master) are subscribed, each
+        agent told; before, the agent got none of that code's prints all day, its orders passing the gate (a hunt)."""
+        for agent, codes in list(self._unlisted.items()):
+            rec = self.registry.agents.get(agent)
+            now = sorted(c for c in codes if self.listed is None or self.listed(c))
+            if rec is None or rec.state is not AgentState.ONLINE or not now:
+                continue
+            codes.difference_update(now)
+            self.book.notify(
+                agent, Notice(level="info", text=f"{', '.join(now)} listed now ({self.listed_source}): subscribed")
+            )
+            self._subscribe_codes(rec, now)
+
+    def _subscribe_codes(self, rec: AgentRecord, codes: Iterable[str]) -> None:
         subs = rec.card.subscriptions
         kinds = market_kinds(subs)
-        for code in rec.card.codes:
+        for code in codes:
             if self.listed is not None and not self.listed(code):  # no registration slot for a typo
+                self._unlisted.setdefault(rec.id, set()).add(code)
                 self.book.notify(
                     rec.id,
                     Notice(
@@ -425,6 +448,7 @@ class AgentSessions:
         """The agent left or its lease expired: its registrations go (debounced; `hold_s`, see
         SubscriptionManager.leave), everyone is told."""
         self.subs.leave(agent, hold_s)
+        self._unlisted.pop(agent, None)  # (its next registration says which again)
         for fn in self.on_offline:
             fn(agent, why)
         self.publish(SystemEventKind.AGENT_OFFLINE, agent, why)
