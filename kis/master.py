@@ -97,7 +97,8 @@ def sector_of(market: str, large: str, medium: str) -> str:
 
 
 def load_master_dir(folder: str | Path) -> dict[str, MasterEntry]:
-    """Both markets' files from a folder (either may be missing; none at all is an error)."""
+    """Both markets' files from a folder (either may be missing; none at all, or none listing a code, is an
+    error; a file not in KIS's layout too)."""
     d = Path(folder)
     out: dict[str, MasterEntry] = {}
     found = False
@@ -105,10 +106,18 @@ def load_master_dir(folder: str | Path) -> dict[str, MasterEntry]:
         p = d / name
         if p.exists():
             found = True
-            out.update(parse_master(p.read_bytes(), market))
+            out.update(_checked(p.read_bytes(), market, str(p), empty_ok=True))
     if not found:
         raise MasterError(f"no {' or '.join(FILES.values())} in {d}")
+    if not out:  # (empty files started a gateway with 0 codes, every order denied: a hunt)
+        raise MasterError(f"{d}: its master files list no codes")
     return out
+
+
+# KIS's security groups (the tail's first two characters): a file where most lines carry none of them is not in the
+# layout this reader knows (a field added to the fixed-width tail shifted every field one place: every ETF read as a
+# stock, no error: a hunt)
+KNOWN_GROUPS = frozenset({"ST", "EF", "EN", "BC", "RT", "FS", "DR", "SR", "SW", "PF", "IF", "MF", "SC", "EW", "FE"})
 
 
 class StockMaster(msgspec.Struct, frozen=True):
@@ -234,15 +243,26 @@ def unzip_master(data: bytes, market: str) -> bytes:
         raise MasterError(f"{ZIPS[market]} is not a readable zip file ({len(data)} bytes: {e})") from None
 
 
-def _checked(raw: bytes, market: str, where: str) -> dict[str, MasterEntry]:
+def _checked(raw: bytes, market: str, where: str, empty_ok: bool = False) -> dict[str, MasterEntry]:
     """parse_master, where bytes that are not KIS's layout (damaged, replaced by hand, a page in place
-    of the file) or list nothing (an empty placeholder must never pass for a list) are a MasterError."""
+    of the file, a layout KIS changed) or list nothing (an empty placeholder must never pass for a list) are a
+    MasterError."""
     try:
         got = parse_master(raw, market)
     except UnicodeDecodeError as e:
         raise MasterError(f"{where} is not KIS's master layout ({e})") from None
     if not got:
+        if empty_ok:
+            return got
         raise MasterError(f"{where} lists no codes")
+    odd = sum(1 for e in got.values() if e.group not in KNOWN_GROUPS)
+    if odd * 10 > len(got):
+        seen = sorted({e.group for e in got.values() if e.group not in KNOWN_GROUPS})[:5]
+        raise MasterError(
+            f"{where} is not in the master layout this ktrader reads: {odd} of {len(got)} lines carry no known "
+            f"security group ({', '.join(repr(g) for g in seen)}): KIS changed the file's layout? (the copy in use "
+            "stays; a newer ktrader reads the new one)"
+        )
     return got
 
 

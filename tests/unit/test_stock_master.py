@@ -280,3 +280,24 @@ def test_cards_approve_checks_codes_against_the_folders_kis_master(
     assert main([typo], run, yes=True) == 2
     assert "005931: not in the KIS stock master" in capsys.readouterr().err
     assert main([card(tmp_path, "fine")], run, yes=True) == 0  # a code the master lists
+
+
+def test_a_master_file_in_another_layout_or_empty_is_refused_not_read_shifted(tmp_path: Path) -> None:
+    """(a hunt) With one field added to the fixed-width tail, every field was read one place over, silently: every
+    ETF a stock (its limit prices off the stock grid denied, its prints dropped, its sells taxed). A file whose lines
+    carry no known security group is refused; a master_dir of empty files is too (it started with 0 codes)."""
+    from kis.master import load_master_dir
+
+    raw = unzip_master(master_zip(STOCKS, "KOSPI"), "KOSPI")
+    eol = b"\r\n" if b"\r\n" in raw else b"\n"
+    wider = eol.join(line + b"0" if line else line for line in raw.split(eol))  # one character more a line
+    folder = tmp_path / "wider"
+    folder.mkdir()
+    (folder / "kospi_code.mst").write_bytes(wider)
+    with pytest.raises(MasterError, match="no known security group"):
+        load_master_dir(folder)
+    (folder / "kospi_code.mst").write_bytes(raw)
+    assert len(load_master_dir(folder)) == len([s for s in STOCKS if s.market == "KOSPI"])
+    (folder / "kospi_code.mst").write_bytes(b"")
+    with pytest.raises(MasterError, match="list no codes"):
+        load_master_dir(folder)
