@@ -360,7 +360,9 @@ class Gateway:
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
             lambda code: self.portfolio.base_prices.get(code, 0),
-            lambda code: self.portfolio.kind(code) if self.master is not None else None,
+            # (a code the master lacks is of no known grid: a held ETF missing from a stale or cut list had its prints
+            # dropped as off the stock grid, marks and stops starved: a hunt)
+            lambda code: self.portfolio.kind(code) if self.master is not None and code in self.master else None,
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
         )
