@@ -168,11 +168,14 @@ def load_stock_master(master_dir: str | Path | None) -> StockMaster:
     return StockMaster(entries=load_master_dir(master_dir), source=str(master_dir), strict=True)
 
 
-def folder_master(run_dir: str | Path) -> StockMaster:
+def folder_master(run_dir: str | Path, master_dir: str | Path = "") -> StockMaster:
     """The master a run folder's cards are checked against (`cards approve`, a reload): the copy of KIS's files its
     gateway keeps (RUN/master, a paper or real account's), strict; else (a twin's folder, none downloaded yet, a copy
     that cannot be read) the twin's list, where an unknown code is a warning (approved against the twin's 24 codes on
-    a real account's folder, a typo'd code went live with a warning: a hunt)."""
+    a real account's folder, a typo'd code went live with a warning: a hunt). `master_dir`: the gateway config's own
+    folder of master files, which its gateway reads instead (MasterError/OSError when it cannot be read)."""
+    if master_dir:
+        return load_stock_master(master_dir)
     folder = Path(run_dir) / "master"
     copy = read_copy(folder)
     if copy is not None:

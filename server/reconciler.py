@@ -774,7 +774,8 @@ class Reconciler:
         return PendingSplit(num=num, den=den, holders=frozenset(holders) | frozenset(virtual))
 
     def _split_text(self, code: str, sp: PendingSplit, theirs: int, books: int) -> str:
-        held = ", ".join(f"{a} {self._held(a, code)}" for a in sorted(sp.holders))
+        virtual = self.book.portfolio.virtual
+        held = ", ".join(f"{a}{' (shadow)' if a in virtual else ''} {self._held(a, code)}" for a in sorted(sp.holders))
         return (
             f"{code}: account holds {theirs} at the books' cost, the books {held}: a {sp.text}, not applied "
             f"to the books: nothing moved to or from external, orders of its holders on it are held until "
@@ -840,7 +841,7 @@ class Reconciler:
                 f"{', '.join(f'{a} holds {q}' for a, q in odd.items())}: not a multiple of {den}; nothing changed "
                 f"(the fraction of a share is settled in cash by the broker: whose it is, the books cannot say)"
             )
-        changes = [(a, p, msgspec.structs.replace(p, qty=p.qty * num // den)) for a, p in before.items()]
+        changes = [(a, p, _split_position(p, num, den)) for a, p in before.items()]
         adjusted = self._adjusted().get(code, 0)
         with self.book.store.transaction():
             for a, _, new in changes:
@@ -855,13 +856,11 @@ class Reconciler:
         return changes
 
     def split_holders(self, code: str) -> set[str]:
-        """Whose shares of `code` a split pending on it scales: the live holders the balance showed it with, and the
-        shadow agents holding virtual ones (left in the old shares' terms, a 1:10 split read as a 90 % loss of the
-        shadow record at the first print: a hunt)."""
-        portfolio = self.book.portfolio
-        sp = portfolio.splits.get(code)
-        virtual = {a for a in portfolio.virtual if (p := portfolio.position(a, code)) is not None and p.qty > 0}
-        return (set(sp.holders) if sp is not None else set()) | virtual
+        """Whose shares of `code` a split pending on it scales: its holders when it was found, the shadow agents
+        holding virtual shares among them (_split_of); not an agent that bought since, in the new shares' terms (a
+        review: scaled again, 10 became 100)."""
+        sp = self.book.portfolio.splits.get(code)
+        return set(sp.holders) if sp is not None else set()
 
     def _busy_codes(self, now_ns: int, today: str) -> set[str]:
         """Codes with an order of ours (not a virtual agent's) whose shares may be at the broker before
@@ -1078,3 +1077,15 @@ class EarlyInquiry:
         self.cancel_looks += 1
         self.book.trace(coid, "cancel.unconfirmed", line=line, look=n)
         self.learn(coid)
+
+
+def _split_position(p: PositionView, num: int, den: int) -> PositionView:
+    """A holder's position after a split: qty x num / den, the cost unchanged. A shadow holder's fraction of a share
+    (a live holder's odd lot is refused: the broker's to settle) is dropped with its share of the cost, booked as a
+    realised loss (kept in the cost, a lot rounded down to 0 shares held a cost no P&L counted: a review)."""
+    qty = p.qty * num // den
+    rest = p.qty * num % den
+    if not rest:
+        return msgspec.structs.replace(p, qty=qty)
+    dropped = p.cost * rest // (p.qty * num)
+    return msgspec.structs.replace(p, qty=qty, cost=p.cost - dropped, realized_pnl=p.realized_pnl - dropped)

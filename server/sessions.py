@@ -417,14 +417,15 @@ class AgentSessions:
             if rec is None or rec.state is not AgentState.ONLINE or not now:
                 continue
             codes.difference_update(now)
-            self.book.notify(
-                agent, Notice(level="info", text=f"{', '.join(now)} listed now ({self.listed_source}): subscribed")
-            )
-            self._subscribe_codes(rec, now)
+            if got := self._subscribe_codes(rec, now):  # (a refusal is told by itself: no slot free)
+                text = f"{', '.join(got)} listed now ({self.listed_source}): subscribed"
+                self.book.notify(agent, Notice(level="info", text=text))
 
-    def _subscribe_codes(self, rec: AgentRecord, codes: Iterable[str]) -> None:
+    def _subscribe_codes(self, rec: AgentRecord, codes: Iterable[str]) -> list[str]:
+        """The codes subscribed (each of its kinds); a refusal is told to the agent."""
         subs = rec.card.subscriptions
         kinds = market_kinds(subs)
+        got: list[str] = []
         for code in codes:
             if self.listed is not None and not self.listed(code):  # no registration slot for a typo
                 self._unlisted.setdefault(rec.id, set()).add(code)
@@ -437,10 +438,15 @@ class AgentSessions:
                     ),
                 )
                 continue
+            refused = False
             for kind in kinds:
                 code_err, text = self.subs.want(rec.id, kind, code)
                 if code_err is not None:  # the agent may poll quotes and ask again (Subscribe)
+                    refused = True
                     self.book.notify(rec.id, refusal_notice(code_err, text, kind, code))
+            if not refused:
+                got.append(code)
+        return got
 
     # ---- leaving ------------------------------------------------------------------------------------
 

@@ -135,7 +135,10 @@ class MasterKeeper:
         since: tried again until LAST_TRY (whenever it was first downloaded: a second download of the same bytes,
         or a first one before 08:00, stopped the tries, and the list KIS published at 08:15 waited a day: a hunt)."""
         c = self.copy
-        return c is not None and bool(c.digest) and dt.datetime.fromisoformat(c.seen_since) < due_since(self.now())
+        if c is None or not c.digest:
+            return False
+        due = due_since(self.now())  # (downloaded again since the rebuild hour: a copy only older is just stale)
+        return dt.datetime.fromisoformat(c.at) >= due > dt.datetime.fromisoformat(c.seen_since)
 
     def stale(self) -> bool:
         c, now = self.copy, self.now()

@@ -520,14 +520,15 @@ def cards_approve(
     from common.config import ConfigError, load_gateway_config
     from tools.ops.approve import main as approve
 
-    env = None
+    env, master_dir = None, ""
     if config is not None:  # (a folder no gateway proved an account of yet: the config says real or not)
         try:
-            env = load_gateway_config(config).broker.env
+            cfg = load_gateway_config(config)
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh, yes, env=env))
+        env, master_dir = cfg.broker.env, cfg.master_dir  # (its codes checked against the master its gateway reads)
+    raise typer.Exit(approve(cards, _gateway_run_dir(run_dir, config), fresh, yes, env=env, master_dir=master_dir))
 
 
 @cards_app.command("approved")

@@ -89,3 +89,40 @@ def test_a_stop_during_an_operators_restart_stops_the_new_process(
         if s._proc is not None and s._proc.poll() is None:
             s._proc.kill()
             s._proc.wait(5)
+
+
+SLOW_STOP = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), sys.exit(0)))\n"
+    "print('up', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_stop_while_a_restarts_old_process_still_stops_is_not_undone(tmp_path: Path) -> None:
+    """(a review) The operator's restart (r), then a stop (x, the console's quit, a hangup) while the old process still
+    runs its stop (its on_stop, its unregister): the watcher's restart cleared the stop and started a new process,
+    which ran on with the console gone. The stop stands: no new process."""
+    card = tmp_path / "slow.toml"
+    card.write_text(CARD.replace("flaky", "slow"))
+    runs: list[int] = []
+
+    def command(card_path: Path, run_dir: Path) -> list[str]:
+        runs.append(1)
+        return [sys.executable, "-c", SLOW_STOP]
+
+    run = tmp_path / "run"
+    sup = Supervisor(run, policy=RestartPolicy(base_s=0.05, stop_grace_s=5.0), command=command)
+    s = sup.start(card)
+    try:
+        log = run / "logs" / "agent-slow.log"
+        wait_for(lambda: log.exists() and "up" in log.read_text(), 15, what="the agent up, its SIGTERM handler set")
+        threading.Thread(target=sup.restart, args=("slow",)).start()  # the old one takes 1.5 s to stop
+        wait_for(lambda: s._restart_now, 5, what="the restart asked")
+        sup.stop_all()  # the console quits while the old process is still stopping
+        assert s._proc is not None and s._proc.poll() is not None and s.state is ProcState.STOPPED, (s.state, s.reason)
+        assert len(runs) == 1  # no new process after the stop
+    finally:
+        if s._proc is not None and s._proc.poll() is None:
+            s._proc.kill()
+            s._proc.wait(5)

@@ -40,3 +40,18 @@ def test_a_print_of_a_code_the_master_lacks_is_judged_on_either_grid(gateways: G
         open=35_105, high=35_105, low=35_105, change=105, ask1=35_110, bid1=35_100,
     )  # fmt: skip
     assert gw.sanity.trade(etf_tick) is None
+
+
+async def test_no_subscribed_notice_when_no_slot_is_free(gateways: Gateways) -> None:  # noqa: F811
+    """(a review) With every slot in use the agent was told "listed now ...: subscribed", then the refusal."""
+    gw = gateways.start(BrokerEnv.SIM)
+    gw.sessions.listed = lambda code: False
+    _, rec = gw.registry.register(card("alpha"), b"route", "session", 1, "h")
+    gw.sessions._subscribe_card(rec)
+    told: list[str] = []
+    real = gw.book.notify
+    gw.book.notify = lambda agent, msg: (told.append(getattr(msg, "text", str(msg))), real(agent, msg))[1]
+    gw.subs.slots = len(gw.subs.active)  # every slot in use
+    gw._install_master(twin_master())
+    assert "alpha" not in gw.subs.holders.get((MarketKind.TRADES, "005930"), set())
+    assert not any(t.endswith(": subscribed") for t in told), told

@@ -299,3 +299,43 @@ async def test_a_shadow_agents_odd_virtual_lot_does_not_hold_the_accounts_revers
         assert h.portfolio.position("alpha", CODE).qty == 1 and h.portfolio.position("bravo", CODE).qty == 1
     finally:
         await h.close()
+
+
+async def test_a_shadow_agent_buying_during_a_pending_split_is_not_scaled_again(tmp_path: Path) -> None:
+    """(a review) A shadow agent that bought the code while the split was pending (new shares, at the new shares'
+    prices) had its shares scaled again at the apply (10 became 100): the split's holders are those it was found
+    with."""
+    h, d = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
+    try:
+        h.desk.set_mode("bravo", True)
+        await check(h, balance(100, 7_000, 7_000))  # 1:10 split pending, bravo holds nothing
+        assert "bravo" not in h.portfolio.splits[CODE].holders
+        h.print(CODE, 7_000)
+        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 10, 7_000)).accepted  # new shares, new price
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade(CODE, 6_990, 100)
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        assert h.portfolio.position("bravo", CODE).qty == 10
+        d.ack("apply_split", value=f"{CODE} 10", sender="ops")
+        assert h.portfolio.position("alpha", CODE).qty == 100
+        assert h.portfolio.position("bravo", CODE).qty == 10, h.portfolio.position("bravo", CODE)  # got 100
+    finally:
+        await h.close()
+
+
+async def test_a_shadow_holders_lot_below_the_ratio_floors_to_zero(tmp_path: Path) -> None:
+    """(a review) 5 virtual shares, a 10:1 reverse split: floored to 0 shares, the cost kept where no P&L counted it.
+    The dropped fraction's cost is a realised loss."""
+    h, d = await started(tmp_path, 10, 70_000)
+    try:
+        h.desk.set_mode("bravo", True)
+        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 5, 70_000)).accepted
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+        h.core.shadow_venue.on_trade(CODE, 69_900, 100)
+        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        await check(h, balance(1, 700_000, 700_000))
+        d.ack("apply_split", value=f"{CODE} 1/10", sender="ops")
+        p = h.portfolio.position("bravo", CODE)
+        assert p is not None and p.qty == 0 and p.cost == 0 and p.realized_pnl <= -5 * 69_900, p
+    finally:
+        await h.close()

@@ -301,3 +301,41 @@ def test_a_master_file_in_another_layout_or_empty_is_refused_not_read_shifted(tm
     (folder / "kospi_code.mst").write_bytes(b"")
     with pytest.raises(MasterError, match="list no codes"):
         load_master_dir(folder)
+
+
+def test_a_failing_refresh_is_paced_at_retry_s(tmp_path: Path, server: tuple[str, dict[str, bytes]]) -> None:
+    """(a review) A copy first seen before today's rebuild hour and not downloaded again (every download failing)
+    read as 'the same list again', and the failures were retried every CHECK_S instead of RETRY_S."""
+    from server.stockmaster import CHECK_S, RETRY_S
+
+    url, files = server
+    _publish(files)
+    cfg, _ = _with_copy(tmp_path, url, _at(1, 10))  # yesterday's copy, first seen yesterday 10:00
+    now = [_at(2, 14)]  # today 14:00: stale; suppose every download fails today
+    keeper = MasterKeeper(cfg, lambda: now[0], lambda m: None, lambda t, k: None, timeout_s=2)
+    assert keeper.stale()
+    pace = RETRY_S if keeper.stale() and not keeper.unchanged else CHECK_S  # run()'s sleep after the failure
+    assert not keeper.unchanged, "a copy never downloaded again today reads as 'the same list again'"
+    assert pace == RETRY_S
+
+
+def test_cards_approve_reads_the_configs_master_dir_and_says_when_it_has_no_master(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a review) A real account's folder whose gateway reads master_dir has no copy in RUN/master: approve fell back
+    to the twin's list silently. With the gateway's --config it reads that master_dir (a typo'd code refused); without
+    it, it says the codes were checked against the twin's list only."""
+    from tests.unit.test_approve_real_account_asks import REAL, card, folder_of
+    from tools.ops.approve import main
+
+    folder = tmp_path / "kis-master"
+    folder.mkdir()
+    for market in ("KOSPI", "KOSDAQ"):
+        (folder / f"{market.lower()}_code.mst").write_bytes(unzip_master(master_zip(STOCKS, market), market))
+    run = folder_of(tmp_path, REAL)
+    typo = card(tmp_path, "typo")
+    typo.write_text(typo.read_text().replace('"005930"', '"005931"'))
+    assert main([typo], run, yes=True, master_dir=str(folder)) == 2
+    assert "005931: not in the KIS stock master" in capsys.readouterr().err
+    assert main([card(tmp_path, "fine")], run, yes=True) == 0
+    assert "checked against the twin's list only" in capsys.readouterr().err

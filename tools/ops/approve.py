@@ -38,15 +38,26 @@ def gateway_was_here(run_dir: Path) -> bool:
     return any(p.exists() for p in ktrader_marks(run_dir) if p.name != "approved.json")
 
 
-def _card_errors(cards: list[tuple[Path, AgentCard]], run_dir: Path) -> tuple[list[str], int]:
+def _card_errors(cards: list[tuple[Path, AgentCard]], run_dir: Path, master_dir: str = "") -> tuple[list[str], int]:
     """The one-card rules of `ktrader cards check` (strategy loads, params valid, limits that can
     work, ...), its codes against the run folder's stock master: an agent whose card breaks them fails
     after it registers, so it is not approved. (errors, number of warnings)."""
-    from kis.master import folder_master
+    from kis.master import MasterError, folder_master
     from tools.ops.cards_check import card_problems
 
     sys.path.insert(0, str(Path.cwd()))  # strategies may live in the working tree, as for cards check
-    sm = folder_master(run_dir)
+    try:
+        sm = folder_master(run_dir, master_dir)
+    except (MasterError, OSError) as e:  # (the config's master_dir cannot be read: the gateway would not start)
+        return [f"error: the stock master in {master_dir}: {e}"], 0
+    env = (folder_owner(run_dir) or {}).get("env", "")
+    if not sm.strict and env in (BrokerEnv.PAPER.value, BrokerEnv.REAL.value):
+        # (a paper or real folder whose gateway reads master_dir, or whose copy cannot be read: said, not silent)
+        typer.echo(
+            f"note: the codes are checked against the twin's list only (no readable KIS master in {run_dir}/master): "
+            "pass the gateway's --config if it reads master_dir",
+            err=True,
+        )
     problems = [p for f, card in cards for p in card_problems(f, card, sm)]
     return [str(p) for p in problems if not p.warning], sum(p.warning for p in problems)
 
@@ -189,9 +200,11 @@ def main(
     yes: bool = False,
     ask: Callable[[str], str | None] = _tty_answer,
     env: BrokerEnv | None = None,
+    master_dir: str = "",
 ) -> int:
     """`fresh`: approve into a run folder no gateway has used yet (refused otherwise). `yes`: no question for
-    a folder of a REAL account (confirm_real); `ask` puts that question (None: no terminal to ask at)."""
+    a folder of a REAL account (confirm_real); `ask` puts that question (None: no terminal to ask at). `master_dir`:
+    the gateway config's folder of master files, the codes' master (else the run folder's copy: folder_master)."""
     if foreign := foreign_folder(run_dir):  # (its keys/ would make any folder pass for a run folder)
         typer.echo(f"error: {foreign}: give the gateway's run folder (--run-dir or --config)", err=True)
         return 2
@@ -216,7 +229,7 @@ def main(
         if len(set(ids)) != len(ids):
             typer.echo(f"error: an id is approved twice in one go: {sorted(ids)}", err=True)
             return 2
-        errors, warnings = _card_errors(cards, run_dir)
+        errors, warnings = _card_errors(cards, run_dir, master_dir)
         if errors:
             for line in errors:
                 typer.echo(line, err=True)

@@ -195,6 +195,7 @@ class Supervisor:
 
     def stop(self, agent_id: str) -> Supervised:
         sup = self._get(agent_id)
+        sup._restart_now = False  # a stop after a restart the watcher has not acted on yet: the stop stands
         sup._stop.set()
         self._terminate(sup)
         if sup._thread is not None and sup._thread.ident is not None:
@@ -214,6 +215,7 @@ class Supervisor:
     def stop_all(self) -> None:
         sups = list(self.agents.values())
         for s in sups:
+            s._restart_now = False  # (as stop())
             s._stop.set()
             p = s._proc
             if p is not None and p.poll() is None:
@@ -408,7 +410,8 @@ def stop_children_on_hangup() -> None:
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
-    # once: a second signal (a hangup often comes twice) would end the agents' stop in the `finally` half-way
-    for sig in stop_signals(interrupt=False):
+    # once: a second signal (a hangup often comes twice, an impatient Ctrl-C) would end the agents' stop in the
+    # `finally` half-way
+    for sig in stop_signals():
         signal.signal(sig, signal.SIG_IGN)
     raise SystemExit(128 + signum)
