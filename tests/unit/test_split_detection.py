@@ -231,6 +231,15 @@ async def test_a_split_keeps_the_cost_and_says_the_averages_remainder(tmp_path: 
         await h.close()
 
 
+async def shadow_bought(h: Harness, qty: int) -> None:
+    """bravo, a shadow agent, buys `qty` at 70,000: the shadow market fills it on a print through its limit."""
+    h.desk.set_mode("bravo", True)
+    assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, qty, 70_000)).accepted
+    await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
+    h.core.shadow_venue.on_trade(CODE, 69_900, 100)
+    await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+
+
 async def test_a_split_scales_a_shadow_agents_virtual_shares_and_its_stop_too(tmp_path: Path) -> None:
     """(a hunt) The split went to the live holders only: a shadow agent's virtual shares stayed in the old shares'
     terms (10 at 70,000 after a 1:10 split read as a 90 % loss at the first print) and its stop at old prices."""
@@ -239,11 +248,7 @@ async def test_a_split_scales_a_shadow_agents_virtual_shares_and_its_stop_too(tm
 
     h, d = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
     try:
-        h.desk.set_mode("bravo", True)
-        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 10, 70_000)).accepted
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
-        h.core.shadow_venue.on_trade(CODE, 69_900, 100)  # through its limit: the shadow market fills it
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        await shadow_bought(h, 10)  # bravo trades in shadow: 10 virtual shares at 70,000
         stop = Protect(h=HeaderFactory("bravo")(), id="bravo-20261120-2", code=CODE, spec=ProtectionSpec(stop=63_000))
         assert h.protection.protect(BRAVO, stop)[0] is None
         await check(h, balance(100, 7_000, 7_000))  # the account's balance shows a 1:10 split
@@ -266,11 +271,7 @@ async def test_a_pending_split_counts_a_shadow_holder_as_a_holder(tmp_path: Path
 
     h, _ = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
     try:
-        h.desk.set_mode("bravo", True)
-        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 10, 70_000)).accepted
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
-        h.core.shadow_venue.on_trade(CODE, 69_900, 100)
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        await shadow_bought(h, 10)  # bravo trades in shadow: 10 virtual shares at 70,000
         stop = Protect(h=HeaderFactory("bravo")(), id="bravo-20261120-2", code=CODE, spec=ProtectionSpec(stop=63_000))
         assert h.protection.protect(BRAVO, stop)[0] is None
         await check(h, balance(100, 7_000, 7_000))  # the balance shows a 1:10 split: pending
@@ -288,11 +289,7 @@ async def test_a_shadow_agents_odd_virtual_lot_does_not_hold_the_accounts_revers
     holder's virtual one is dropped (its record errs low)."""
     h, d = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
     try:
-        h.desk.set_mode("bravo", True)
-        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 15, 70_000)).accepted
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
-        h.core.shadow_venue.on_trade(CODE, 69_900, 100)
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        await shadow_bought(h, 15)  # bravo trades in shadow: 15 virtual shares at 70,000
         await check(h, balance(1, 700_000, 700_000))  # the balance shows a 10:1 reverse split of alpha's 10
         assert CODE in h.portfolio.splits
         d.ack("apply_split", value=f"{CODE} 1/10", sender="ops")
@@ -328,11 +325,7 @@ async def test_a_shadow_holders_lot_below_the_ratio_floors_to_zero(tmp_path: Pat
     The dropped fraction's cost is a realised loss."""
     h, d = await started(tmp_path, 10, 70_000)
     try:
-        h.desk.set_mode("bravo", True)
-        assert h.desk.submit(BRAVO, order("bravo", 1, Side.BUY, 5, 70_000)).accepted
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.ACCEPTED)
-        h.core.shadow_venue.on_trade(CODE, 69_900, 100)
-        await h.settle(lambda: h.book.orders["bravo-20261120-1"].state is OrderState.FILLED)
+        await shadow_bought(h, 5)  # bravo trades in shadow: 5 virtual shares at 70,000
         await check(h, balance(1, 700_000, 700_000))
         d.ack("apply_split", value=f"{CODE} 1/10", sender="ops")
         p = h.portfolio.position("bravo", CODE)
