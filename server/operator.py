@@ -1404,7 +1404,12 @@ def _split_line(old: PositionView, new: PositionView) -> str:
     average: what a whole-won average leaves over is said, not lost."""
     avg, rem = divmod(new.cost, new.qty) if new.qty else (0, 0)
     was = old.cost // old.qty if old.qty else 0
-    return f"{old.qty:,} → {new.qty:,} shares, cost {new.cost:,} unchanged, average {was:,} → {avg:,}" + (
+    cost = (
+        f"cost {new.cost:,} unchanged"
+        if new.cost == old.cost  # (a shadow holder's fraction of a share is dropped: its cost a realised loss)
+        else f"cost {old.cost:,} → {new.cost:,} (a virtual share's fraction dropped: {old.cost - new.cost:,} realised)"
+    )
+    return f"{old.qty:,} → {new.qty:,} shares, {cost}, average {was:,} → {avg:,}" + (
         f" (and {rem:,} KRW of the cost beyond {avg:,} a share, kept in the cost)" if rem else ""
     )
 

@@ -850,7 +850,11 @@ class Reconciler:
             if adjusted:
                 self._save_adjusted(code, adjusted * num // den)
         portfolio.set_split(code, None, applied=True)
-        for a, _, new in changes:
+        for a, old, new in changes:
+            if new.cost != old.cost:  # (a shadow holder's dropped fraction) the split first: its day's start in the new
+                # shares' terms, as every holder's; then the fraction's loss (one step left the start in the old
+                # shares: a day's P&L of -9,450,000 on a 700,000 position: a review)
+                portfolio.set_position(a, msgspec.structs.replace(old, qty=new.qty))
             portfolio.set_position(a, new)
         self._unexplained.pop(code, None)
         return changes

@@ -144,7 +144,8 @@ class MasterKeeper:
         c, now = self.copy, self.now()
         if c is None or c.url != self.url or dt.datetime.fromisoformat(c.at) < due_since(now):
             return True
-        return self.unchanged and now.astimezone(KST).time() < LAST_TRY
+        # (the rebuild hour to LAST_TRY only: after a weekend's same list the night's downloads cannot bring a new one)
+        return self.unchanged and REFRESH_AT <= now.astimezone(KST).time() < LAST_TRY
 
     async def fetch(self) -> StockMaster:
         """One download; the new copy is installed. MasterError when it failed (the old copy stays)."""

@@ -1,7 +1,8 @@
 """`ktrader top` closed by its terminal (SIGHUP: a window closed, an SSH drop) or a SIGTERM stops the agents it started,
 as a quit does (a hunt): Python's default for those signals ended the console at once, its `finally` never ran, and
 the agents it had started (in their own sessions, so the hangup never reached them) went on trading with nobody to
-stop or restart them. The console's window needs a terminal, so a stand-in runs in its place here; the signals, the
+stop or restart them. A second signal during that stop (a hangup's second, a Ctrl-C then the hangup) waits for its
+end (reviews). The console's window needs a terminal, so a stand-in runs in its place here; the signals, the
 process and `run_top`'s way out are the real ones."""
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ top.run_top(run)
 """
 
 
-@pytest.mark.parametrize(("sig", "then"), [(signal.SIGHUP, signal.SIGHUP), (signal.SIGTERM, signal.SIGINT)])
+@pytest.mark.parametrize(
+    ("sig", "then"),
+    [(signal.SIGHUP, signal.SIGHUP), (signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGHUP)],
+)
 def test_a_closed_terminal_stops_the_agents_the_console_started(
     tmp_path: Path, sig: signal.Signals, then: signal.Signals
 ) -> None:

@@ -332,3 +332,46 @@ async def test_a_shadow_holders_lot_below_the_ratio_floors_to_zero(tmp_path: Pat
         assert p is not None and p.qty == 0 and p.cost == 0 and p.realized_pnl <= -5 * 69_900, p
     finally:
         await h.close()
+
+
+async def test_a_floored_shadow_lots_day_start_is_in_the_new_shares(tmp_path: Path) -> None:
+    """(a review) A shadow holder's lot floored by a reverse split (its cost and realised P&L changed with it) kept
+    its day's start in the old shares: its day P&L read -9,450,000 on a 700,000 position."""
+    h, d = await started(tmp_path, 10, 70_000)  # alpha (live) holds 10 at 70,000
+    try:
+        await shadow_bought(h, 15)
+        h.portfolio.roll_day()  # bravo's 15 carried into the day (as overnight)
+        assert h.portfolio.day_open["bravo"][CODE][0] == 15
+        await check(h, balance(1, 700_000, 700_000))  # 10:1 reverse split of alpha's 10
+        d.ack("apply_split", value=f"{CODE} 1/10", sender="ops")
+        h.print(CODE, 700_000)  # the first print in the new shares
+        p = h.portfolio.position("bravo", CODE)
+        assert p.qty == 1
+        # today's base price, known to be today's (the split day: in the new shares' terms)
+        h.portfolio.base_prices[CODE] = 700_000
+        h.portfolio.base_is_today = lambda code: True
+        h.portfolio.base_confirmed(CODE)
+        assert h.portfolio.day_unrealized("bravo") > -1_000_000, h.portfolio.day_unrealized("bravo")  # reads -9.45 M
+        # live alpha: 10 -> 1, its day start rescaled
+        assert h.portfolio.day_open["alpha"][CODE][0] == 1
+        # bravo: 15 -> 1 (the 0.5 dropped): its day start should count 1 share (15 * 1 // 15), not 15 old ones
+        assert h.portfolio.day_open["bravo"][CODE][0] == 1, h.portfolio.day_open["bravo"]
+    finally:
+        await h.close()
+
+
+async def test_the_apply_text_says_a_floored_shadow_lots_cost_and_loss(tmp_path: Path) -> None:
+    """(a review) The apply's answer said "cost 700,000 unchanged" of a cost cut from 1,050,000 (a realised loss)."""
+    h, d = await started(tmp_path, 10, 70_000)
+    try:
+        await shadow_bought(h, 15)
+        before = h.portfolio.position("bravo", CODE)
+        await check(h, balance(1, 700_000, 700_000))
+        text = d.ack("apply_split", value=f"{CODE} 1/10", sender="ops")
+        after = h.portfolio.position("bravo", CODE)
+        assert after.cost != before.cost
+        assert f"cost {before.cost:,} → {after.cost:,}" in text and f"{before.cost - after.cost:,} realised" in text, (
+            text
+        )
+    finally:
+        await h.close()

@@ -339,3 +339,23 @@ def test_cards_approve_reads_the_configs_master_dir_and_says_when_it_has_no_mast
     assert "005931: not in the KIS stock master" in capsys.readouterr().err
     assert main([card(tmp_path, "fine")], run, yes=True) == 0
     assert "checked against the twin's list only" in capsys.readouterr().err
+
+
+def test_no_overnight_downloads_before_the_rebuild_hour(tmp_path: Path, server: tuple[str, dict[str, bytes]]) -> None:
+    """(a review) After a weekend's same list, "the same list again" held all night: the master was downloaded every
+    10 minutes from 00:00 to 08:00, before the list could be rebuilt."""
+    url, files = server
+    _publish(files)
+    cfg, fri = _with_copy(tmp_path, url, _at(4, 8) + dt.timedelta(minutes=5))  # Fri 08:05: Friday's list
+    sat = asyncio.run(
+        download_master(url, copy_folder(cfg), _at(5, 8) + dt.timedelta(minutes=50), previous=fri)
+    )  # Sat 08:50: the same bytes (no rebuild on a Saturday)
+    assert sat.seen_since == fri.at
+    now = [_at(6, 0) + dt.timedelta(minutes=30)]  # Sunday 00:30
+    keeper = MasterKeeper(cfg, lambda: now[0], lambda m: None, lambda t, k: None, timeout_s=2)
+    stale_at = []
+    for minutes in range(0, 8 * 60, 10):  # Sunday 00:00 .. 07:50
+        now[0] = _at(6, 0) + dt.timedelta(minutes=minutes)
+        if keeper.stale():
+            stale_at.append(now[0].strftime("%H:%M"))
+    assert not stale_at, f"{len(stale_at)} downloads before the rebuild hour: {stale_at[:3]}..."

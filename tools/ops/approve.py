@@ -38,7 +38,9 @@ def gateway_was_here(run_dir: Path) -> bool:
     return any(p.exists() for p in ktrader_marks(run_dir) if p.name != "approved.json")
 
 
-def _card_errors(cards: list[tuple[Path, AgentCard]], run_dir: Path, master_dir: str = "") -> tuple[list[str], int]:
+def _card_errors(
+    cards: list[tuple[Path, AgentCard]], run_dir: Path, master_dir: str = "", env: BrokerEnv | None = None
+) -> tuple[list[str], int]:
     """The one-card rules of `ktrader cards check` (strategy loads, params valid, limits that can
     work, ...), its codes against the run folder's stock master: an agent whose card breaks them fails
     after it registers, so it is not approved. (errors, number of warnings)."""
@@ -50,8 +52,8 @@ def _card_errors(cards: list[tuple[Path, AgentCard]], run_dir: Path, master_dir:
         sm = folder_master(run_dir, master_dir)
     except (MasterError, OSError) as e:  # (the config's master_dir cannot be read: the gateway would not start)
         return [f"error: the stock master in {master_dir}: {e}"], 0
-    env = (folder_owner(run_dir) or {}).get("env", "")
-    if not sm.strict and env in (BrokerEnv.PAPER.value, BrokerEnv.REAL.value):
+    kind = env.value if env is not None else (folder_owner(run_dir) or {}).get("env", "")  # (--config: a fresh folder)
+    if not sm.strict and kind in (BrokerEnv.PAPER.value, BrokerEnv.REAL.value):
         # (a paper or real folder whose gateway reads master_dir, or whose copy cannot be read: said, not silent)
         typer.echo(
             f"note: the codes are checked against the twin's list only (no readable KIS master in {run_dir}/master): "
@@ -229,7 +231,7 @@ def main(
         if len(set(ids)) != len(ids):
             typer.echo(f"error: an id is approved twice in one go: {sorted(ids)}", err=True)
             return 2
-        errors, warnings = _card_errors(cards, run_dir, master_dir)
+        errors, warnings = _card_errors(cards, run_dir, master_dir, env)
         if errors:
             for line in errors:
                 typer.echo(line, err=True)

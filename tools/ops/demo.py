@@ -25,7 +25,7 @@ from common.schema import StatusReply
 from server.app import held_run_locks
 from tools.ops.procs import ktrader_cmd
 from tools.ops.status import fetch_status, render_status, wall_started_ns
-from tools.ops.supervisor import Supervisor, stop_children_on_hangup
+from tools.ops.supervisor import Supervisor, hold_stop_signals, stop_children_on_hangup
 
 # piped output (CI, logs): wide enough that the agent tables are not cut to initials
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -162,6 +162,7 @@ def run_demo(run_dir: Path, cards_dir: Path, duration: float, headless: bool) ->
     except KeyboardInterrupt:
         return 0
     finally:
+        hold_stop_signals()  # (a Ctrl-C came first, or the hangup after it: the stop goes to its end)
         supervisor.stop_all()
         _stop(procs)
 

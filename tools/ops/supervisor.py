@@ -409,9 +409,13 @@ def stop_children_on_hangup() -> None:
         signal.signal(sig, _exit_on_signal)
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    # once: a second signal (a hangup often comes twice, an impatient Ctrl-C) would end the agents' stop in the
-    # `finally` half-way
+def hold_stop_signals() -> None:
+    """While the agents are being stopped (a `finally`): a second signal (a hangup often comes twice, an impatient
+    Ctrl-C, a hangup after a Ctrl-C) would end that stop half-way, the agents (and the demo's gateway) left running."""
     for sig in stop_signals():
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    hold_stop_signals()
     raise SystemExit(128 + signum)

@@ -44,7 +44,14 @@ from tools.ops.status import (
     risk_line,
     wall_started_ns,
 )
-from tools.ops.supervisor import SUPERVISED_STATES, ProcState, Supervised, Supervisor, stop_children_on_hangup
+from tools.ops.supervisor import (
+    SUPERVISED_STATES,
+    ProcState,
+    Supervised,
+    Supervisor,
+    hold_stop_signals,
+    stop_children_on_hangup,
+)
 from tools.top import grid
 from tools.top.model import ActionError, ConsoleModel, OutcomeUnknown
 from tools.top.widgets import AskScreen, ConfirmScreen, sparkline, sync_table
@@ -829,4 +836,5 @@ def run_top(run_dir: Path, cards_dir: Path = Path("cards"), supervisor: Supervis
         TopApp(run_dir, supervisor=sup, cards_dir=cards_dir).run()
     finally:
         if own:
+            hold_stop_signals()  # (the console's quit, a Ctrl-C, then a hangup: its agents' stop goes to its end)
             sup.stop_all()
