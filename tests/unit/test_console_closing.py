@@ -20,3 +20,16 @@ async def test_a_refresh_landing_after_the_screens_are_gone_draws_nothing(tmp_pa
     app._on_model("status")
     app._on_model("orders")
     await app._refresh_orders()
+
+
+async def test_an_action_answered_after_the_screens_are_gone_says_nothing(tmp_path: Path) -> None:
+    """An operator's action (a stop, its gateway note slow on a loaded machine) answered while the console closes:
+    its message has no line to go on. It raised NoMatches out of the action's worker (WorkerFailed)."""
+    app = TopApp(tmp_path / "run", cards_dir=tmp_path)
+    app.model.stop_agent = lambda agent: f"{agent} stopped"  # type: ignore[method-assign]
+    async with app.run_test(size=(120, 40)):
+        pass
+    assert not app.screen_stack
+    await app._do("stop", "alpha")
+    assert app.last_message == "alpha stopped"
+    app.failed("stop alpha", RuntimeError("boom"))  # (the error path says it the same way)

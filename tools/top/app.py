@@ -649,7 +649,12 @@ class TopApp(App[None]):
         """One line under the tabs: green, red for an error, yellow for a warning (an outcome unknown)."""
         self.last_message = text
         style = "bold red" if error else "bold yellow" if warn else "green"
-        self.main.query_one("#message", Static).update(Text(text, style=style))
+        try:
+            self.main.query_one("#message", Static).update(Text(text, style=style))
+        except NoMatches:
+            # an action answered while the console closes (its screens gone, its workers not yet cancelled): nothing
+            # to say it on; raised, it failed the action's worker with a traceback (as a late refresh did)
+            log.info("the console is closing: %s", text)
 
     def failed(self, what: str, e: BaseException) -> None:
         """An unexpected exception in an operator action: one line on screen, the traceback in the log
