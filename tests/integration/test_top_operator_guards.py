@@ -200,6 +200,14 @@ async def test_a_crash_loop_given_up_and_an_exit_for_good_show_in_the_state_cell
         await until(pilot, lambda: grid_row(app, "badcard")["state"] == "exited", what="'exited' in the grid")
         assert "supervisor" not in grid_row(app, "crashy")
         assert grid_row(app, "steady")["state"] == "online"
+
+        def events_say(*words: str) -> bool:
+            lines = "\n".join(app.query_one("#events", Log).lines)
+            return all(w in lines for w in words)
+
+        # the grid reads the supervisor's state at each redraw; the console says an end when the supervisor's change
+        # reaches its loop (a loaded machine: a redraw for another agent came first)
+        await until(pilot, lambda: events_say("crashy gave up", "badcard exited"), what="both ends said")
         events = "\n".join(app.query_one("#events", Log).lines)
         gave_up = [line for line in events.splitlines() if "crashy gave up" in line]
         assert len(gave_up) == 1, events  # said once
