@@ -331,7 +331,6 @@ class Supervisor:
                 sup.state = ProcState.GAVE_UP
                 sup.reason = f"exit {rc}; {len(sup._recent)} restarts in {self.policy.window_s:.0f}s: gave up"
                 log.error("agent %s %s", sup.id, sup.reason)
-                self._journal_gave_up(sup)
                 break
             if not waiting and unstable >= self.policy.max_restarts:
                 sup.state = ProcState.GAVE_UP
@@ -339,7 +338,6 @@ class Supervisor:
                     f"exit {rc}; {unstable} restarts in a row, none of them up for {self.policy.stable_s:.0f}s: gave up"
                 )
                 log.error("agent %s %s", sup.id, sup.reason)
-                self._journal_gave_up(sup)
                 break
             delay = self.policy.delay(attempt)
             attempt += 1
@@ -367,6 +365,10 @@ class Supervisor:
                 return
             self._stop_if_asked(sup)
         self._changed(sup)
+        if sup.state is ProcState.GAVE_UP:
+            # journaled after the views are told: the journal's round trip (up to 3 s to a slow gateway) kept the
+            # console from saying 'gave up' while its grid, redrawn meanwhile, already showed it
+            self._journal_gave_up(sup)
 
     def _stop_if_asked(self, sup: Supervised) -> None:
         """A stop that came while the process was being started found the old one gone and this one not yet there (it
