@@ -118,8 +118,8 @@ def test_a_new_gateway_on_the_same_endpoint_ends_the_query_at_its_heartbeats_ans
             msg = gateway.decode(frames)
             if isinstance(msg, Heartbeat):
                 err = Error(h=HeaderFactory("gateway")(msg.h.mid), code=ErrorCode.NOT_REGISTERED, message="who?")
+                answered.append(msg.h.mid)  # before the send: the query may end (and look) before this thread runs on
                 router.send_multipart([peer, *gateway.encode(err)])
-                answered.append(msg.h.mid)
                 return
             assert isinstance(msg, Query)
 
