@@ -892,9 +892,8 @@ class Operator:
         sp = gw.portfolio.splits.get(code)
         if sp is not None:
             # an order placed before the split is in the old shares' terms: the operator decides what to place anew
-            holders = gw.recon.split_holders(code)
             working = sorted(
-                c for c, o in gw.book.orders.items() if o.is_open and o.code == code and o.agent in holders
+                c for c, o in gw.book.orders.items() if o.is_open and o.code == code and o.agent in sp.holders
             )
             if working:
                 exits = sorted(p for c in working if (p := gw.protection.by_order.get(c)))

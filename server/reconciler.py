@@ -830,9 +830,7 @@ class Reconciler:
             raise ValueError(f"no split is pending on {code}: the account's balance showed none to apply")
         if (sp.num, sp.den) != (num, den):
             raise ValueError(f"the balance shows a {sp.text} of {code}, not {PendingSplit(num, den, sp.holders).text}")
-        before = {
-            a: p for a in sorted(self.split_holders(code)) if (p := portfolio.position(a, code)) is not None and p.qty
-        }
+        before = {a: p for a in sorted(sp.holders) if (p := portfolio.position(a, code)) is not None and p.qty}
         # a live holder's fraction is the broker's to settle in cash; a shadow holder's virtual one is dropped (its
         # record errs low, never better; one shadow agent's odd lot must not hold the account's split back: a review)
         odd = {a: p.qty for a, p in before.items() if p.qty * num % den and a not in portfolio.virtual}
@@ -858,13 +856,6 @@ class Reconciler:
             portfolio.set_position(a, new)
         self._unexplained.pop(code, None)
         return changes
-
-    def split_holders(self, code: str) -> set[str]:
-        """Whose shares of `code` a split pending on it scales: its holders when it was found, the shadow agents
-        holding virtual shares among them (_split_of); not an agent that bought since, in the new shares' terms (a
-        review: scaled again, 10 became 100)."""
-        sp = self.book.portfolio.splits.get(code)
-        return set(sp.holders) if sp is not None else set()
 
     def _busy_codes(self, now_ns: int, today: str) -> set[str]:
         """Codes with an order of ours (not a virtual agent's) whose shares may be at the broker before
