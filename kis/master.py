@@ -176,19 +176,24 @@ def folder_master(run_dir: str | Path, master_dir: str | Path = "") -> StockMast
     folder of master files, which its gateway reads instead (MasterError/OSError when it cannot be read)."""
     if master_dir:
         return load_stock_master(master_dir)
-    folder = Path(run_dir) / "master"
+    folder = Path(run_dir) / COPY_FOLDER
     copy = read_copy(folder)
     if copy is not None:
         try:
-            return StockMaster(
-                entries=load_copy(folder, copy), source=f"KIS master of {copy.day} ({folder})", strict=True
-            )
+            return copy_master(folder, copy)
         except (MasterError, OSError, ValueError):
             pass
     return twin_master()
 
 
+def copy_master(folder: Path, copy: MasterCopy) -> StockMaster:
+    """The master of a downloaded copy (its stamp `copy`, in `folder`), strict: what its gateway judges codes by."""
+    return StockMaster(entries=load_copy(folder, copy), source=f"KIS master of {copy.day} ({folder})", strict=True)
+
+
 # ---- a copy of KIS's files, downloaded and kept current by the gateway ---------------------------
+
+COPY_FOLDER = "master"  # under the run folder
 
 
 class MasterCopy(msgspec.Struct, frozen=True):

@@ -54,7 +54,7 @@ from kis.port import (
     SubscriptionResult,
     Trade,
 )
-from kis.master import read_copy
+from kis.master import COPY_FOLDER, read_copy
 from kis.realtime import NOTICE_TRS, TR_TRADES, FrameError, FrameParser, parse_control
 from server.recorder import FrameKind, RecordingError, day_files, iter_frames, parse_day
 
@@ -302,11 +302,11 @@ def replay_config(cfg: GatewayConfig, source_run_dir: Path) -> GatewayConfig:
     master_url set) reads the copy the recording gateway kept in its run_dir instead, or, without
     one, runs with no master (master_url ''): codes unchecked, every code a KOSPI stock, and the
     market-data sanity check does not judge prices by a grid (server/stockmaster.py)."""
-    from server.stockmaster import FOLDER, downloads
+    from server.stockmaster import downloads
 
     if not downloads(cfg):  # master_dir given, the twin's list, or no master already
         return cfg
-    source_copy = Path(source_run_dir) / FOLDER
+    source_copy = Path(source_run_dir) / COPY_FOLDER
     if read_copy(source_copy) is not None:
         log.info("replay: the stock master copy of the recording gateway, %s", source_copy)
         return msgspec.structs.replace(cfg, master_dir=str(source_copy))

@@ -24,11 +24,19 @@ from pathlib import Path
 from common.clock import KST
 from common.config import BrokerEnv, ConfigError, GatewayConfig
 from common.enums import AlertKind
-from kis.master import MasterCopy, MasterError, StockMaster, download_master, load_copy, load_stock_master, read_copy
+from kis.master import (
+    COPY_FOLDER,
+    MasterCopy,
+    MasterError,
+    StockMaster,
+    copy_master,
+    download_master,
+    load_stock_master,
+    read_copy,
+)
 
 log = logging.getLogger("ktrader.master")
 
-FOLDER = "master"  # under run_dir
 # KIS rebuilds its master files before the market opens (the hour: UNCONFIRMED): a copy downloaded
 # before today's 08:00 KST is yesterday's list, one downloaded after it today's
 REFRESH_AT = dt.time(8, 0)
@@ -46,7 +54,7 @@ def downloads(cfg: GatewayConfig) -> bool:
 
 
 def copy_folder(cfg: GatewayConfig) -> Path:
-    return Path(cfg.run_dir) / FOLDER
+    return Path(cfg.run_dir) / COPY_FOLDER
 
 
 def due_since(now: dt.datetime) -> dt.datetime:
@@ -54,10 +62,6 @@ def due_since(now: dt.datetime) -> dt.datetime:
     now = now.astimezone(KST)
     due = dt.datetime.combine(now.date(), REFRESH_AT, KST)
     return due if now >= due else due - dt.timedelta(days=1)
-
-
-def _from_copy(folder: Path, copy: MasterCopy) -> StockMaster:
-    return StockMaster(entries=load_copy(folder, copy), source=f"KIS master of {copy.day} ({folder})", strict=True)
 
 
 def own_copy(cfg: GatewayConfig) -> tuple[MasterCopy, StockMaster] | None:
@@ -68,7 +72,7 @@ def own_copy(cfg: GatewayConfig) -> tuple[MasterCopy, StockMaster] | None:
     if copy is None:
         return None
     try:
-        return copy, _from_copy(folder, copy)
+        return copy, copy_master(folder, copy)
     except (MasterError, OSError, ValueError) as e:
         log.warning("the stock master copy in %s cannot be used (%s): downloading it again", folder, e)
         return None
@@ -154,7 +158,7 @@ class MasterKeeper:
             # (a copy from another master_url says nothing of how long this one's list should be)
             previous = old if old is not None and old.url == self.url else None
             copy = await download_master(self.url, self.folder, self.now(), timeout_s=self.timeout_s, previous=previous)
-            master = await asyncio.to_thread(_from_copy, self.folder, copy)
+            master = await asyncio.to_thread(copy_master, self.folder, copy)
         except (MasterError, OSError) as e:
             self.failures += 1
             self.last_error = str(e)
