@@ -5,6 +5,7 @@ subscribe storm KIS blocks app keys for, API.md). Drives the gateway's own two m
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import re
 import time
 from pathlib import Path
@@ -139,6 +140,30 @@ def test_the_gateways_holders_are_no_agent_ids_and_virtual_orders_yield_their_sl
     asyncio.run(main())
 
 
+def _watching_gateway(
+    broker: RefusingBroker, slots: int, protected: Callable[..., set[str]], held: Callable[[], list[str]]
+) -> SimpleNamespace:
+    """The gateway's own watch methods over a real SubscriptionManager of `slots`, the shadow orders' and the marks'
+    watches yielding: `protected(virtual=False)` the protections' codes, `held()` the held codes."""
+    gw = SimpleNamespace(
+        protection=SimpleNamespace(codes=protected, of=list),
+        shadow_venue=SimpleNamespace(codes=set),
+        portfolio=SimpleNamespace(held_codes=held),
+        _protected=set(),
+        _shadowed=set(),
+        _marked=set(),
+        _refused_protected=set(),
+        _protected_retry={},
+        alerts=lambda text, *a, **k: None,
+    )
+    gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
+    gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
+    gw.subs = SubscriptionManager(broker, slots=slots, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
+    gw.subs.yielding = (SHADOW_HOLDER, MARKS_HOLDER)
+    gw.subs.on_yielded = lambda holder, key: Gateway._yielded(gw, holder, key)  # type: ignore[arg-type]
+    return gw
+
+
 def test_held_codes_are_watched_for_their_marks_and_yield_their_slots_to_agents() -> None:
     """(a hunt) A code held by an agent that was not running (crashed, stopped) or by 'external' had no
     registration: its mark froze all session (the P&L shown, the equity the account's limits read, never saw the
@@ -149,22 +174,7 @@ def test_held_codes_are_watched_for_their_marks_and_yield_their_slots_to_agents(
         broker = RefusingBroker()
         broker.refuse = False
         held = ["005930", "000660"]
-        gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=lambda virtual=False: set(), of=lambda: []),
-            shadow_venue=SimpleNamespace(codes=set),
-            portfolio=SimpleNamespace(held_codes=lambda: list(held)),
-            _protected=set(),
-            _shadowed=set(),
-            _marked=set(),
-            _refused_protected=set(),
-            _protected_retry={},
-            alerts=lambda text, *a, **k: None,
-        )
-        gw._protected_refused = lambda code, why: None
-        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
-        gw.subs = SubscriptionManager(broker, slots=7, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
-        gw.subs.yielding = ("gateway:shadow-orders", MARKS_HOLDER)
-        gw.subs.on_yielded = lambda holder, key: Gateway._yielded(gw, holder, key)  # type: ignore[arg-type]
+        gw = _watching_gateway(broker, 7, lambda virtual=False: set(), lambda: list(held))
         assert gw.subs.want("alpha", MarketKind.TRADES, "005930")[0] is None  # an online agent watches one
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
         await asyncio.sleep(0.02)
@@ -192,22 +202,12 @@ def test_a_shadow_agents_protections_yield_like_its_orders() -> None:
         broker = RefusingBroker()
         broker.refuse = False
         virtual_stops: set[str] = set()
-        gw = SimpleNamespace(
-            protection=SimpleNamespace(codes=lambda virtual=False: set(virtual_stops) if virtual else set(), of=list),
-            shadow_venue=SimpleNamespace(codes=set),
-            portfolio=SimpleNamespace(held_codes=lambda: ["005380"]),  # real shares, their agent offline
-            _protected=set(),
-            _shadowed=set(),
-            _marked=set(),
-            _refused_protected=set(),
-            _protected_retry={},
-            alerts=lambda text, *a, **k: None,
+        gw = _watching_gateway(
+            broker,
+            8,
+            lambda virtual=False: set(virtual_stops) if virtual else set(),
+            lambda: ["005380"],  # real shares, their agent offline
         )
-        gw._protected_refused = lambda code, why: Gateway._protected_refused(gw, code, why)  # type: ignore[arg-type]
-        gw._watch = lambda holder, want, held, reserve=0: Gateway._watch(gw, holder, want, held, reserve)  # type: ignore[arg-type]
-        gw.subs = SubscriptionManager(broker, slots=8, on_refused=lambda a, n: Gateway._subscription_refused(gw, a, n))  # type: ignore[arg-type]
-        gw.subs.yielding = (SHADOW_HOLDER, MARKS_HOLDER)
-        gw.subs.on_yielded = lambda holder, key: Gateway._yielded(gw, holder, key)  # type: ignore[arg-type]
         for code in ("068270", "105560", "055550"):
             assert gw.subs.want("beta", MarketKind.TRADES, code)[0] is None
         Gateway._watch_protected(gw)  # type: ignore[arg-type]
