@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from common.signals import stop_signals
+
 if TYPE_CHECKING:
     from kis.sim.twin import TwinConfig
 
@@ -130,8 +132,6 @@ async def _serve(config: TwinConfig, quiet: bool) -> None:
     print(json.dumps(info, ensure_ascii=False), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    from common.signals import stop_signals
-
     for sig in stop_signals():  # (a closed terminal too, unless started with nohup)
         loop.add_signal_handler(sig, stop.set)
     try:

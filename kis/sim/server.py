@@ -138,7 +138,7 @@ class TwinServer:
                 if self.config.state_file is not None and (
                     since >= SAVE_EVERY_S or (ex.changes != saved_changes and since >= soon)
                 ):
-                    saved, saved_changes, took = time.monotonic(), ex.changes, 0.0
+                    saved, saved_changes = time.monotonic(), ex.changes
                     self.save_state()
                     took = time.monotonic() - saved
             except Exception:  # the loop must survive anything a step can throw
