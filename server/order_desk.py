@@ -572,31 +572,26 @@ class OrderDesk:
             return
         if any(o.agent == agent and o.is_open for o in self.book.orders.values()):
             raise ValueError(f"{agent} has open orders: cancel them before switching between shadow and live")
-        held = sorted(code for code, p in self.book.portfolio.positions.get(agent, {}).items() if p.qty)
+        now = "shadow" if shadow else "live"
+        new_id = f"an id's books are of one kind: run the card in the other mode under a new id (e.g. {agent}_{now})"
+        past = self.book.portfolio.positions.get(agent, {})
+        held = sorted(code for code, p in past.items() if p.qty)
         if held:
             # a shadow agent's shares are virtual and a live one's are the account's: switched, the books
             # would claim virtual shares as real (a real sell of shares the agent never bought) or hide
             # real ones from reconciliation
-            kind = "virtual (shadow)" if shadow is False else "real"
-            raise ValueError(
-                f"{agent} holds {kind} shares of {', '.join(held)}: an id's books are of one kind: run the card in "
-                f"the other mode under a new id (e.g. {agent}_{'live' if shadow is False else 'shadow'})"
-            )
+            kind = "real" if shadow else "virtual (shadow)"
+            raise ValueError(f"{agent} holds {kind} shares of {', '.join(held)}: {new_id}")
         if any(o.agent == agent and o.filled_qty for o in self.book.orders.values()):
             # today's P&L and fees would move with it: a real loss out of the account's daily-loss
             # count, or a virtual gain into the account's equity and drawdown peak
-            raise ValueError(
-                f"{agent} traded today: an id's books are of one kind: run the card in the other mode under a new id "
-                f"(e.g. {agent}_{'live' if shadow is False else 'shadow'})"
-            )
-        past = self.book.portfolio.positions.get(agent, {}).values()
-        realized, fees = sum(p.realized_pnl for p in past), sum(p.fees for p in past)
-        if any(p.realized_pnl or p.fees or p.cost for p in past):  # (any fill: a record that nets to 0 is one too)
+            raise ValueError(f"{agent} traded today: {new_id}")
+        if any(p.realized_pnl or p.fees or p.cost for p in past.values()):  # (any fill: one that nets to 0 too)
             # its money books are of one kind: switched, a shadow record's virtual gain became real budget (a live
             # agent bought over its approved budget on it) and its P&L, equity and peaks the live agent's (a hunt);
             # a live record's real P&L left the account's
-            was = "shadow (virtual)" if shadow is False else "live (real)"
-            now = "live" if shadow is False else "shadow"
+            realized, fees = sum(p.realized_pnl for p in past.values()), sum(p.fees for p in past.values())
+            was = "live (real)" if shadow else "shadow (virtual)"
             raise ValueError(
                 f"{agent} has a {was} record (realised {realized:+,}, fees {fees:,}): its books stay {was.split()[0]}; "
                 f"to trade it {now}, give a copy of the card a new id (e.g. {agent}_{now}), approve it and run that; "
