@@ -242,6 +242,10 @@ class Portfolio:
         # an agent's start is worked out again: whoever wires it calls `base_confirmed(code)` when its answer
         # for a code turns (server/trading_day.py BasePrices does).
         self.base_is_today: Callable[[str], bool] = lambda code: False
+        # code → today's (lower, upper) price limits as the exchange published them (the broker's quote, fetched with
+        # the base): the day's band where they are known (a new listing's first day is 60-400 % of its offering
+        # price, not the rules' ±30 % of the base). Cleared with the base prices when the day rolls.
+        self.published: dict[str, tuple[int, int]] = {}
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
         self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
@@ -450,8 +454,24 @@ class Portfolio:
 
     def notional_price(self, side: Side, price: int, code: str, order_type: OrderType | None = None) -> int:
         return notional_price(
-            side, price, self.base_prices.get(code, 0), self.kind(code), self.rules, self.board(code), order_type
+            side,
+            price,
+            self.base_prices.get(code, 0),
+            self.kind(code),
+            self.rules,
+            self.board(code),
+            order_type,
+            self.published.get(code),
         )
+
+    def day_limits(self, code: str) -> tuple[int, int] | None:
+        """Today's (lower, upper) price limits of `code`: the exchange's published ones, else the rules' band of
+        its base price; None while neither is known."""
+        got = self.published.get(code)
+        if got is not None:
+            return got
+        base = self.base_prices.get(code, 0)
+        return self.rules.price_limits(base, self.kind(code), self.board(code)) if base > 0 else None
 
     def order_value(self, o: Order) -> int:
         """An open order's remainder as the reservations value it (a market-like one at the band's edge:

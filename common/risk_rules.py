@@ -193,6 +193,10 @@ class MarketView(msgspec.Struct, frozen=True, kw_only=True):
     # the market time the order is judged at (ns since the epoch), for the card's start (before_start);
     # 0: no time of day (a backtest on daily bars: its orders meet the market at the open or the close)
     at_ns: int = 0
+    # the (lower, upper) limits of the order's session as the exchange published them (the broker's quote), when
+    # known: the band then, whatever the base (a new listing's first day: 60-400 % of its offering price since
+    # 2023-06-26, where the rules' band of the base is ±30 %). None: the rules' band of base_price (a backtest)
+    limits: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,13 +264,16 @@ def notional_price(
     rules: KrxRules = CURRENT,
     board: Market = Market.KOSPI,
     order_type: OrderType | None = None,
+    limits: tuple[int, int] | None = None,
 ) -> int:
     """What one share of an order is judged at: its limit; an order that executes at the market
     (MARKET_LIKE, whatever price it carries; or no price) and a CONDITIONAL buy (a market buy if the
     closing call finds it unfilled) a buy at the day's upper limit (KIS reserves cash there too), a sell
-    at the lower; 0 when unknown."""
+    at the lower; 0 when unknown. `limits`: the day's as the exchange published them (MarketView.limits)."""
     if at_limit(side, price, order_type):
         return price
+    if limits is not None:
+        return limits[1] if side is _BUY else limits[0]
     if not base_price:
         return 0
     lower, upper = rules.judged_limits(base_price, kind, board)
@@ -419,7 +426,9 @@ def check_order(
         first = self_trade(code, side, price, order_type, account.opposite)
     if first is not None and (explain is None or qty <= 0):
         return first
-    unit = notional_price(side, price, market.base_price, market.kind, market.rules, market.board, order_type)
+    unit = notional_price(
+        side, price, market.base_price, market.kind, market.rules, market.board, order_type, market.limits
+    )
     if side is _BUY and unit <= 0:
         return first or (
             ErrorCode.BAD_ORDER,
@@ -553,7 +562,13 @@ def _gates(
                 f"price {price} is off the tick grid in force since {rules.grid_since(board)} "
                 f"(tick {rules.tick_size(price, kind, board)})"
             )
-        if market.base_price and market.band:
+        if market.band and (lim := market.limits) is not None:
+            if not lim[0] <= price <= lim[1]:
+                return ErrorCode.DENIED_PRICE_BAND, (
+                    f"price {price} is outside the day's band {lim[0]}..{lim[1]} (the exchange's limits, base "
+                    f"{market.base_price})"
+                )
+        elif market.base_price and market.band:
             try:
                 rules.check_price(price, market.base_price, kind, board)
             except PriceRuleError as e:

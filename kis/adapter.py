@@ -46,6 +46,7 @@ from kis.port import (
     Capability,
     BrokerAccount,
     BrokerAck,
+    DayBand,
     BrokerCancel,
     BrokerEvent,
     BrokerModify,
@@ -644,8 +645,15 @@ class KisBroker(BrokerPort):
 
     async def base_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> int:
         """Today's base price (stck_sdpr, usually yesterday's close): the centre of the ±30 % band."""
+        return (await self.day_band(code, caller=caller)).base
+
+    async def day_band(self, code: str, *, caller: str = DEFAULT_CALLER) -> DayBand:
+        """The base price and the day's limits (stck_llam, stck_mxpr) of one inquire-price: KRX's, so a new
+        listing's first day (60-400 % of the offering price) is as the exchange has it."""
         out = (await self.price(code, caller=caller)).output
-        return krw(out.stck_sdpr) if out is not None else 0
+        if out is None:
+            return DayBand(base=0)
+        return DayBand(base=krw(out.stck_sdpr), lower=krw(out.stck_llam), upper=krw(out.stck_mxpr))
 
     async def asking_price(self, code: str, *, caller: str = DEFAULT_CALLER) -> wire.AskingPriceResponse:
         iscd = self._wire(code)  # the same quotation family as inquire-price (§4.8/§4.9)

@@ -109,6 +109,22 @@ class BrokerCancel(msgspec.Struct, frozen=True, kw_only=True):
     all_qty: bool = True
 
 
+class DayBand(msgspec.Struct, frozen=True, kw_only=True):
+    """A code's base price (0: unknown) and the day's lower/upper price limits as the exchange set them (0: not
+    published). They are the rules' band of the base on an ordinary day; not on a new listing's first day
+    (60-400 % of the offering price since 2023-06-26, KRX: common/krx_rules.py)."""
+
+    base: int
+    lower: int = 0
+    upper: int = 0
+
+    def published(self) -> tuple[int, int] | None:
+        """(lower, upper) when both are given and hold the base between them; else None (the rules' band)."""
+        if 0 < self.lower <= self.base <= self.upper and self.lower < self.upper:
+            return self.lower, self.upper
+        return None
+
+
 class BrokerAck(msgspec.Struct, frozen=True, kw_only=True):
     broker_order_id: str  # ODNO (a revise/cancel gets a new one)
     org_no: str  # KRX_FWDG_ORD_ORGNO
@@ -411,6 +427,11 @@ class BrokerPort(Protocol):
     async def base_price(self, code: str) -> int:
         """Today's base price of `code` (yesterday's close, the centre of the daily band); 0 if unknown."""
         ...
+
+    async def day_band(self, code: str) -> DayBand:
+        """Today's base price of `code` with the day's price limits as the broker publishes them (KIS's
+        quote); a broker that publishes none gives the base alone."""
+        return DayBand(base=await self.base_price(code))
 
     async def quote(self, code: str, *, caller: str = "gateway") -> PriceQuote:
         """Price and company data (PER/PBR/EPS/BPS ...) on `caller`'s REST quota (Capability.QUOTES);

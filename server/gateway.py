@@ -248,7 +248,7 @@ class Gateway:
         core.live_queue.on_cash_refused = self._cash_refused
         self.account.on_ahead = lambda: self.request_reconcile("the account's day totals show trades the books lack")
         self._cash_excused_at: dict[str, float] = {}  # agent -> (monotonic) its last buy refused for cash, excused
-        self.base_prices = BasePrices(self.book, broker.base_price)
+        self.base_prices = BasePrices(self.book, broker.day_band)
         self.day = TradingDay(
             self.clock,
             self.book,
@@ -365,6 +365,7 @@ class Gateway:
             lambda code: self.portfolio.kind(code) if self.master is not None and code in self.master else None,
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
+            self.portfolio.published.get,
         )
         self.day.on_new_day += [
             self.md.new_day,

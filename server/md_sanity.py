@@ -74,8 +74,12 @@ class MarketSanity:
         kind: Callable[[str], SecurityKind | None],  # None: not known (no stock master)
         day: Callable[[], dt.date],
         alert: Callable[[str], None],
+        published: Callable[[str], tuple[int, int] | None] = lambda code: None,
     ) -> None:
         self.base_price = base_price  # 0: unknown (no band check)
+        # the day's (lower, upper) limits as the exchange published them (None: the rules' band of the base): a new
+        # listing's first day trades at 60-400 % of its offering price, far outside the rules' ±30 %
+        self.published = published
         self.kind = kind
         self.day = day  # the market day (the rules and the per-day state follow it)
         self.alert = alert
@@ -123,14 +127,21 @@ class MarketSanity:
             kinds = KINDS if kind is None else (kind,)
             if not any(rules.on_grid(price, k, m) for k in kinds for m in MARKETS):
                 return Bad.GRID
-            base = self.base_price(code)
-            if base > 0:
-                limits = [rules.price_limits(base, k, m) for k in kinds for m in MARKETS]
-                if not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits):
-                    return Bad.BAND
+            limits = self._limits(code, kinds, rules)
+            if limits and not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits):
+                return Bad.BAND
         except PriceRuleError:
             return Bad.PRICE
         return None
+
+    def _limits(self, code: str, kinds: tuple[SecurityKind, ...], rules: KrxRules) -> list[tuple[int, int]]:
+        """The day's (lower, upper) of `code`: the exchange's, else the rules' band of its base for each kind and
+        market it may be; [] while neither is known."""
+        published = self.published(code)
+        if published is not None:
+            return [published]
+        base = self.base_price(code)
+        return [rules.price_limits(base, k, m) for k in kinds for m in MARKETS] if base > 0 else []
 
     def trade(self, t: Trade) -> Bad | None:
         """None when the print may be used; else why it is dropped (counted here, alerted unless `NOT_TRADES`)."""
@@ -258,8 +269,7 @@ class MarketSanity:
         elif (c := self._confirmed.get(code)) is not None and abs(p - c) <= near:
             ok = True  # near the price already confirmed
         else:
-            base = self.base_price(code)
-            if base > 0 and p in {x for k in kinds for m in MARKETS for x in rules.price_limits(base, k, m)}:
+            if p in {x for lim in self._limits(code, kinds, rules) for x in lim}:
                 ok = True  # at the day's limit: the other side of the book is empty there
         if ok:
             self._confirmed[code] = p

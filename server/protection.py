@@ -650,10 +650,9 @@ class ProtectionDesk:
             if wait != p.reason:
                 self._put(msgspec.structs.replace(p, reason=wait), "waiting", reason=wait)
             return
-        base = book.portfolio.base_prices.get(code, 0)
         pf = book.portfolio
         kind, board = pf.kind(code), pf.board(code)
-        lower = pf.rules.price_limits(base, kind, board)[0] if base else 0
+        lower = limits[0] if (limits := pf.day_limits(code)) is not None else 0
         # while the agent is flattened its exit sells at market whatever its spec (the flatten's own sells are at
         # market and wait for every order of the agent to close: a limit exit resting above the market, cancelled by
         # the flatten and placed again, kept it waiting for good, a review)

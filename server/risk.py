@@ -480,11 +480,13 @@ class RiskGate:
         p = self.portfolio
         phase = self.clock.phase()
         base, rules, band = p.base_prices.get(code, 0), p.rules, True
+        limits = p.published.get(code)  # (today's: a later session's band is the rules' of the close before it)
         if tif in HELD_TIFS:
             now = self.clock.now()
             day = next_session_day(now, phase)  # the desk holds it for this session (order_desk.session_day)
             if day != now.date():
                 base, rules, band = self._session(code, day, fresh=True)
+                limits = None
         return MarketView(
             session=session[0],
             session_detail=session[1],
@@ -494,6 +496,7 @@ class RiskGate:
             board=p.board(code),
             rules=rules,
             band=band,
+            limits=limits,
             # (a clock whose time of day means nothing — the twin's open clock — has no start to wait for)
             at_ns=market_ns(self.clock) if self.clock.timed else 0,
         )

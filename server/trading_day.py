@@ -42,7 +42,7 @@ from common.orders import AWAITING_ACK, CANCELLABLE, OrderState, is_gateway_exit
 from common.portfolio import shares_text
 from common.protection import Protection
 from common.schema import AgentPerformance, Notice
-from kis.port import BrokerAccount
+from kis.port import BrokerAccount, DayBand
 from server import cash_check, daily_report, protection
 from server.cash_check import CashCheck
 from server.daycycle import CLOSE_SETTLE, RANK, DayCycle, ends_at_close, policy_time
@@ -96,7 +96,7 @@ class BasePrices:
     the morning on until each value is confirmed (`refresh`, TradingDay._morning_refresh), and again for a
     code whose prints land outside its band (TradingDay.outside_band)."""
 
-    def __init__(self, book: OrderBook, fetch: Callable[[str], Coroutine[Any, Any, int]]) -> None:
+    def __init__(self, book: OrderBook, fetch: Callable[[str], Coroutine[Any, Any, int | DayBand]]) -> None:
         self.book = book
         self.fetch = fetch
         self._day = ""
@@ -138,6 +138,7 @@ class BasePrices:
             self._day = day
             self._confirmed.clear()
             self.book.portfolio.base_prices.clear()  # (the day's P&L starts of carried positions move with it)
+            self.book.portfolio.published.clear()
 
     def _confirm(self, code: str) -> None:
         first = code not in self._confirmed
@@ -157,13 +158,22 @@ class BasePrices:
 
     async def _today(self, code: str) -> int:
         """The broker's base price of `code`, 0 when unavailable or when the day rolled meanwhile (the
-        order path still works without it: the broker checks the band too)."""
+        order path still works without it: the broker checks the band too). The day's limits the broker
+        published with it (DayBand) are kept beside it (Portfolio.published), or forgotten when it gave none."""
         try:
-            price = await self.fetch(code)
+            got = await self.fetch(code)
         except Exception as e:
             log.warning("base price of %s unavailable: %s", code, e)
             return 0
-        return price if price > 0 and self.book.day() == self._day else 0
+        band = got if isinstance(got, DayBand) else DayBand(base=got)
+        if band.base <= 0 or self.book.day() != self._day:
+            return 0
+        published = self.book.portfolio.published
+        if (limits := band.published()) is not None:
+            published[code] = limits
+        else:
+            published.pop(code, None)
+        return band.base
 
     async def refresh(self, codes: list[str]) -> list[str]:
         """Fetch again and replace (the morning's second look: see TradingDay.tick; a code whose prints land

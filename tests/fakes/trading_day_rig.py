@@ -80,7 +80,7 @@ class Rig:
             h.desk,
             h.risk,
             h.core.recon,
-            BasePrices(h.book, h.broker.base_price),
+            BasePrices(h.book, h.broker.day_band),
             lambda: self.cards,
             lambda *a: None,
             lambda reason: None,

@@ -383,3 +383,26 @@ async def test_a_registration_is_released_under_the_key_it_was_made_with(tmp_pat
         assert ("H0STCNT0", "Q500061") in b.ws.registrations
     finally:
         await b.rest.aclose()
+
+
+@aio
+async def test_a_new_listings_day_band_is_the_one_kis_publishes(tmp_path: Path) -> None:
+    """A new listing's first day (since 2023-06-26, KRX): base = the offering price, limits 60-400 % of it.
+    day_band reads base and limits from one inquire-price (stck_sdpr, stck_llam, stck_mxpr)."""
+    calls: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/oauth2/tokenP":
+            return httpx.Response(200, json=TOKEN)
+        calls.append(req.url.path)
+        out = {"stck_prpr": "25000", "stck_sdpr": "10000", "stck_llam": "6000", "stck_mxpr": "40000"}
+        return kis_reply({"output": out}, "D")
+
+    b = broker(tmp_path, LoopbackKis(handler).url)
+    try:
+        band = await b.day_band("123450")
+        assert await b.base_price("123450") == 10_000
+    finally:
+        await b.rest.aclose()
+    assert (band.base, band.published()) == (10_000, (6_000, 40_000))
+    assert len(calls) == 2  # one call each

@@ -52,7 +52,7 @@ class Harness:
         self.core, self.store, self.events, self.published = make_core(path, self.broker, cfg=cfg, clock=clock)  # type: ignore[arg-type]
         c = self.core
         self.book, self.desk, self.portfolio, self.recon, self.notices = c.book, c.desk, c.portfolio, c.recon, c.notices
-        self.base_prices = BasePrices(self.book, self.broker.base_price)
+        self.base_prices = BasePrices(self.book, self.broker.day_band)
 
     async def start(self) -> None:
         await self.broker.start()
