@@ -88,6 +88,7 @@ class _Print:
     change: int  # vs the day's base price: the day's limits
     closing_call: bool
     day: dt.date
+    limits: tuple[int, int] | None = None  # the day's as the exchange published them (Portfolio.published)
 
     @property
     def quoted(self) -> bool:
@@ -95,7 +96,10 @@ class _Print:
 
     def at_limit(self, side: Side) -> bool:
         """At (or past) the day's limit `side` cannot take at: the upper for a buy, the lower for a sell
-        (of any kind and market: the code's are not known here, the nearest limit counts)."""
+        (of any kind and market: the code's are not known here, the nearest limit counts); the published
+        limits when known (a new listing's first day: 60-400 % of its offering price)."""
+        if self.limits is not None:
+            return self.price >= self.limits[1] if side is Side.BUY else self.price <= self.limits[0]
         base = self.price - self.change
         if base <= 0:
             return False
@@ -149,9 +153,15 @@ class ShadowExecution:
     # join the commit of their intents (server/send_queue.py)
     max_in_flight = 64
 
-    def __init__(self, clock: MarketClock, notify: Callable[[BrokerNotice], None]) -> None:
+    def __init__(
+        self,
+        clock: MarketClock,
+        notify: Callable[[BrokerNotice], None],
+        published: Callable[[str], tuple[int, int] | None] = lambda code: None,
+    ) -> None:
         self.clock = clock
         self.notify = notify
+        self.published = published  # code -> the day's limits as the exchange published them (None: the rules')
         self._ids = itertools.count(1)
         self.resting: dict[str, _Resting] = {}
 
@@ -237,7 +247,7 @@ class ShadowExecution:
         lines = [(odno, line) for odno, line in self.resting.items() if line.code == code]
         if not lines:
             return
-        p = self._print(price, bid1, ask1, change, time)
+        p = self._print(code, price, bid1, ask1, change, time)
         for odno, line in lines:
             if self.resting.get(odno) is not line:
                 continue  # ended by the book while this print filled another line
@@ -262,12 +272,12 @@ class ShadowExecution:
         if self.resting.pop(odno, None) is not None:
             self._notice(NoticeKind.CANCELLED, odno, line, is_cancel=True)
 
-    def _print(self, price: int, bid1: int, ask1: int, change: int, time: str) -> _Print:
+    def _print(self, code: str, price: int, bid1: int, ask1: int, change: int, time: str) -> _Print:
         now = self.clock.now()
         when = now
         if len(time) == 6 and time.isdigit():
             when = now.replace(hour=int(time[:2]), minute=int(time[2:4]), second=int(time[4:]), microsecond=0)
-        return _Print(price, bid1, ask1, change, phase_at(when) in _CLOSING_CALL, now.date())
+        return _Print(price, bid1, ask1, change, phase_at(when) in _CLOSING_CALL, now.date(), self.published(code))
 
     def _notice(
         self,

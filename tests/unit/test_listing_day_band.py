@@ -104,3 +104,15 @@ def test_listing_day_prints_inside_the_published_band_are_kept_and_its_limit_con
     plain = _sanity(None)  # no limits published: the rules' ±30 % of the base, as before
     assert plain.trade(trade(CODE, "090001", 25_000, 10, 10)) == Bad.BAND
     assert plain.trade(trade(CODE, "090002", 13_000, 10, 20)) is None
+
+
+def test_a_shadow_buy_takes_a_listing_day_print_with_no_quote_below_the_published_upper_limit() -> None:
+    """The shadow venue reads 'locked at the limit' from the day's limits: at 2.5x the offering price with no
+    quote carried, a buy takes the print (the rules' band of the base called it past the upper limit: never
+    filled); at the published upper limit it does not (locked)."""
+    from server.shadow import _Print
+
+    p = _Print(25_000, 0, 0, 25_000 - OFFER, False, DAY, (6_000, 40_000))
+    assert not p.at_limit(Side.BUY) and p.taking_price(Side.BUY) == 25_000
+    assert _Print(25_000, 0, 0, 25_000 - OFFER, False, DAY).at_limit(Side.BUY)  # (without: past 13,000)
+    assert _Print(40_000, 0, 0, 40_000 - OFFER, False, DAY, (6_000, 40_000)).taking_price(Side.BUY) == 0
