@@ -249,13 +249,14 @@ class Portfolio:
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
         self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
-        # (code, session day YYYYMMDD) → (base, rules) of the band a market buy held for that session is
-        # valued in: what the gate judged it in (server/risk.py RiskGate.session_band wires it: a later
-        # session's band centred on the close before it; today's session: today's base and rules).
+        # (code, session day YYYYMMDD) → (base, rules, published limits) of the band a market buy held for that
+        # session is valued in: what the gate judged it in (server/risk.py RiskGate.session_band wires it: a later
+        # session's band centred on the close before it; today's session: today's base, rules and limits).
         # Unwired: today's.
-        self.session_band: Callable[[str, str], tuple[int, KrxRules]] = lambda code, day: (
+        self.session_band: Callable[[str, str], tuple[int, KrxRules, tuple[int, int] | None]] = lambda code, day: (
             self.base_prices.get(code, 0),
             self.rules,
+            self.published.get(code),
         )
         self.sectors: dict[str, str] = {}  # code → sector (the stock master's; "" unknown)
         self.virtual: set[str] = set()  # agents whose books are not the account's (shadow): set_virtual
@@ -505,8 +506,8 @@ class Portfolio:
 
     def _held_unit(self, code: str, day: str) -> int:
         """One share of a market buy held for the session of `day`: that session's upper limit."""
-        base, rules = self.session_band(code, day)
-        return notional_price(Side.BUY, 0, base, self.kind(code), rules, self.board(code))
+        base, rules, limits = self.session_band(code, day)
+        return notional_price(Side.BUY, 0, base, self.kind(code), rules, self.board(code), None, limits)
 
     def held_cash(self, value: int) -> int:
         """The cash open buys worth `value` hold: the value and its buy commission."""

@@ -119,9 +119,12 @@ class DayBand(msgspec.Struct, frozen=True, kw_only=True):
     upper: int = 0
 
     def published(self) -> tuple[int, int] | None:
-        """(lower, upper) when both are given and hold the base between them; else None (the rules' band)."""
-        if 0 < self.lower <= self.base <= self.upper and self.lower < self.upper:
-            return self.lower, self.upper
+        """(lower, upper) when both are given, hold the base between them and lie within the widest band KRX
+        sets (a listing day's 60-400 % of the base, a percent of slack for the grid); else None: the rules' band
+        (a garbled answer; a twin dated where no band is modelled publishes 1..2^63)."""
+        lower, upper, base = self.lower, self.upper, self.base
+        if 0 < lower <= base <= upper and lower < upper and lower * 100 >= base * 59 and upper * 100 <= base * 401:
+            return lower, upper
         return None
 
 

@@ -1075,6 +1075,8 @@ class Gateway:
                         if bad is Bad.BAND:  # outside the band we hold: maybe the band is stale (the night's)
                             self.day.outside_band(ev.code)
                         continue  # dropped, counted and alerted: nobody trades, marks or builds bars on it
+                    if self.sanity.beyond_rules(ev.code, ev.price):  # (published limits: stale after their day?)
+                        self.day.outside_band(ev.code)
                     if self.sanity.confirmed(ev):  # one outlier never moves P&L (nor the daily-loss state)...
                         self.portfolio.set_mark(ev.code, ev.price)
                         self.protection.on_trade(ev.code, ev.price)  # ...nor fires a stop (agent alive or not)

@@ -143,6 +143,21 @@ class MarketSanity:
         base = self.base_price(code)
         return [rules.price_limits(base, k, m) for k in kinds for m in MARKETS] if base > 0 else []
 
+    def beyond_rules(self, code: str, price: int) -> bool:
+        """A kept print judged by the published limits lies outside the rules' band of the base: right on a new
+        listing's first day, a sign of a stale pair on a later one (the broker still answering the listing day's
+        base and limits): the caller has the base fetched again (TradingDay.outside_band, spaced), as for a
+        print dropped outside the band."""
+        if self.published(code) is None:
+            return False
+        base = self.base_price(code)
+        if base <= 0:
+            return False
+        rules = self._rules or self._roll()
+        kind = self.kind(code)
+        limits = [rules.price_limits(base, k, m) for k in (KINDS if kind is None else (kind,)) for m in MARKETS]
+        return not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits)
+
     def trade(self, t: Trade) -> Bad | None:
         """None when the print may be used; else why it is dropped (counted here, alerted unless `NOT_TRADES`)."""
         rules = self._roll()

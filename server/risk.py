@@ -480,13 +480,14 @@ class RiskGate:
         p = self.portfolio
         phase = self.clock.phase()
         base, rules, band = p.base_prices.get(code, 0), p.rules, True
-        limits = p.published.get(code)  # (today's: a later session's band is the rules' of the close before it)
+        limits = p.published.get(code)  # today's (a new listing's first day: KRX's, not the rules' ±30 %)
         if tif in HELD_TIFS:
             now = self.clock.now()
             day = next_session_day(now, phase)  # the desk holds it for this session (order_desk.session_day)
             if day != now.date():
                 base, rules, band = self._session(code, day, fresh=True)
-                limits = None
+                if band:  # the rules' band of the close before it; else today's values the order (best known)
+                    limits = None
         return MarketView(
             session=session[0],
             session_detail=session[1],
@@ -523,20 +524,23 @@ class RiskGate:
             got = self._closes[key] = (self.day_close(code, previous_trading_day(day)), now)
         return got[0]
 
-    def session_band(self, code: str, valid_day: str) -> tuple[int, KrxRules]:
-        """The base and rules of the band a market buy held for the session of `valid_day` (YYYYMMDD) is
-        reserved in (Portfolio.session_band): a later session's, as the gate judged it (`_session`: its
-        rules, centred on the close before it; today's base while that close is not known, as at its
-        check), so it holds what a backtest holds for it; once its session is today, today's base and
-        rules, as today's orders (before today's base is fetched — the morning, a restart — the close
-        before today, the base it was judged at)."""
+    def session_band(self, code: str, valid_day: str) -> tuple[int, KrxRules, tuple[int, int] | None]:
+        """The base, rules and published limits of the band a market buy held for the session of `valid_day`
+        (YYYYMMDD) is reserved in (Portfolio.session_band): a later session's, as the gate judged it (`_session`:
+        its rules, centred on the close before it; today's base and published limits while that close is not
+        known, as at its check), so it holds what a backtest holds for it; once its session is today, today's
+        base, rules and limits, as today's orders (before today's base is fetched — the morning, a restart —
+        the close before today, the base it was judged at)."""
         now = self.clock.now()
         today, day = now.date(), date_of(valid_day)
-        if day > today:
-            base, rules, _ = self._session(code, day, now=now.timestamp())
-            return base, rules
         p = self.portfolio
-        return p.base_prices.get(code, 0) or self._close_before(code, today, now=now.timestamp()), p.rules
+        if day > today:
+            base, rules, band = self._session(code, day, now=now.timestamp())
+            return base, rules, None if band else p.published.get(code)
+        base = p.base_prices.get(code, 0)
+        if base:
+            return base, p.rules, p.published.get(code)
+        return self._close_before(code, today, now=now.timestamp()), p.rules, None
 
     def check(
         self,

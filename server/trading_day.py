@@ -168,11 +168,14 @@ class BasePrices:
         band = got if isinstance(got, DayBand) else DayBand(base=got)
         if band.base <= 0 or self.book.day() != self._day:
             return 0
-        published = self.book.portfolio.published
-        if (limits := band.published()) is not None:
-            published[code] = limits
+        pf = self.book.portfolio
+        limits = band.published()
+        # kept only where they are not the rules' band of the base (a new listing's first day): an ordinary day's
+        # band stays the rules' alone, whatever an answer carries
+        if limits is not None and limits != pf.rules.price_limits(band.base, pf.kind(code), pf.board(code)):
+            pf.published[code] = limits
         else:
-            published.pop(code, None)
+            pf.published.pop(code, None)
         return band.base
 
     async def refresh(self, codes: list[str]) -> list[str]:

@@ -114,7 +114,7 @@ def test_a_resting_conditional_buy_is_reserved_at_the_upper_limit() -> None:
 def test_a_held_conditional_buy_is_reserved_at_its_sessions_upper_limit() -> None:
     p = Portfolio()
     p.base_prices[CODE] = BASE
-    p.session_band = lambda code, day: (60_000, p.rules)  # the next session's band: 42,000 .. 78,000
+    p.session_band = lambda code, day: (60_000, p.rules, None)  # the next session's band: 42,000 .. 78,000
     o = Order(
         client_order_id="alpha-20261120-1",
         agent="alpha",

@@ -184,7 +184,7 @@ def test_the_reservation_follows_the_order_through_its_states() -> None:
     p = Portfolio()
     p.base_prices.update(BASE)
     bands = {("20261123", KIA): FELL, ("20261124", KIA): ROSE}
-    p.session_band = lambda code, day: (bands.get((day, code), BASE[code]), rules_for(MONDAY))
+    p.session_band = lambda code, day: (bands.get((day, code), BASE[code]), rules_for(MONDAY), None)
     o = apply(as_order(new(1, KIA, 30)), Hold(valid_day="20261123"))
     p.order_changed(None, o)
     assert p.reserved_cash("alpha") == AT_MONDAY_BAND[FELL]

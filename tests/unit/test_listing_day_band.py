@@ -9,17 +9,23 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import sys
+
 from common.config import AgentCard
-from common.enums import OrderType, Side
+from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
 from common.krx import SecurityKind
 from common.krx_rules import rules_for
+from common.orders import OrderState
+from common.protection import ExitType, ProtectionState
 from common.schema import NewOrder
 from kis.port import DayBand
 from server.md_sanity import Bad, MarketSanity
 from tests.fakes.broker import FakeBroker
+from tests.fakes.harness import Harness
 from tests.fakes.prints import trade
 from tests.fakes.trading_day_rig import Rig
+from tests.unit.test_protection import buy, exits
 
 DAY = dt.date(2026, 12, 4)  # a Friday
 CODE = "123450"
@@ -35,19 +41,23 @@ class Listing(FakeBroker):
     def __init__(self) -> None:
         super().__init__(ref_price=OFFER)
         self.band = LISTING
+        self.down = False
 
     async def day_band(self, code: str) -> DayBand:
+        if self.down:
+            raise ConnectionError("KIS unreachable")
         return self.band
 
 
-def _buy(n: int, price: int, day: dt.date = DAY) -> NewOrder:
+def _buy(n: int, price: int, day: dt.date = DAY, qty: int = 1, tif: TimeInForce = TimeInForce.DAY) -> NewOrder:
     return NewOrder(
         client_order_id=f"alpha-{day:%Y%m%d}-{n}",
         code=CODE,
         side=Side.BUY,
-        qty=1,
+        qty=qty,
         price=price,
-        order_type=OrderType.LIMIT,
+        order_type=OrderType.MARKET if price == 0 else OrderType.LIMIT,
+        tif=tif,
     )
 
 
@@ -86,7 +96,105 @@ def test_limits_that_do_not_hold_the_base_are_not_taken() -> None:
     assert DayBand(base=OFFER, lower=0, upper=40_000).published() is None
     assert DayBand(base=OFFER, lower=12_000, upper=40_000).published() is None  # base outside: a garbled answer
     assert DayBand(base=OFFER, lower=OFFER, upper=OFFER).published() is None
+    assert DayBand(base=OFFER, lower=5_000, upper=40_000).published() is None  # wider than KRX ever sets
+    assert DayBand(base=OFFER, lower=6_000, upper=41_000).published() is None
+    # the twin on a day without a modelled band (KOSPI before 1995-04) publishes 1..2^63: the rules' judged band
+    # (base ±7 %) values a market buy there, not 9.2e18 KRW a share
+    assert DayBand(base=71_000, lower=1, upper=sys.maxsize).published() is None
     assert LISTING.published() == (6_000, 40_000)
+
+
+async def test_a_market_buy_held_for_the_listing_days_session_is_reserved_at_the_published_upper(
+    tmp_path: Path,
+) -> None:
+    """Placed before the opening call for today's session: judged and reserved at KIS's 40,000 a share (it was
+    judged so and reserved at the rules' 13,000, so a second one passed a budget the first had used)."""
+    card = AgentCard(id="alpha", name="alpha", strategy="x:Y", codes=[CODE], budget=60_000_000)
+    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(8, 10)), [card], broker=Listing())
+    await rig.start()
+    try:
+        rig.day.tick()
+        await rig.day.base_prices.ensure([CODE])
+        first = rig.h.desk.submit(card, _buy(1, 0, qty=1_000, tif=TimeInForce.NEXT_SESSION))
+        assert first.accepted, (first.code, first.message)
+        o = rig.h.book.orders[f"alpha-{DAY:%Y%m%d}-1"]
+        assert o.state is OrderState.HELD and o.valid_day == f"{DAY:%Y%m%d}"
+        assert rig.h.portfolio.order_value(o) == 1_000 * 40_000
+        assert not rig.h.desk.submit(card, _buy(2, 0, qty=1_000, tif=TimeInForce.NEXT_SESSION)).accepted
+    finally:
+        await rig.close()
+
+
+async def test_the_next_sessions_band_is_the_rules_band_of_the_listing_days_close(tmp_path: Path) -> None:
+    """In the listing day's session its close is not known: a market buy for the next session is valued at
+    today's best known upper limit, KIS's 40,000. After the close the next session's band is ±30 % of that
+    close (26,000: 18,200..33,800), not the listing day's limits."""
+    closes = {DAY: 0}
+    rig = Rig(
+        tmp_path / "db" / "g.sqlite",
+        dt.datetime.combine(DAY, dt.time(10, 0)),
+        [CARD],
+        broker=Listing(),
+        day_close=lambda code, day: closes.get(day, 0),
+    )
+    rig.h.risk.day_close = lambda code, day: closes.get(day, 0)  # (the gateway wires its daily bars)
+    await rig.start()
+    try:
+        rig.day.tick()
+        await rig.day.base_prices.ensure([CODE])
+        assert rig.h.desk.submit(CARD, _buy(1, 0, qty=100, tif=TimeInForce.NEXT_SESSION)).accepted
+        o = rig.h.book.orders[f"alpha-{DAY:%Y%m%d}-1"]
+        assert o.state is OrderState.HELD and o.valid_day > f"{DAY:%Y%m%d}"
+        assert rig.h.portfolio.order_value(o) == 100 * 40_000
+        closes[DAY] = 26_000
+        rig.at(dt.datetime.combine(DAY, dt.time(16, 0)))
+        rig.day.tick()
+        late = rig.h.desk.submit(CARD, _buy(2, 39_000, tif=TimeInForce.NEXT_SESSION))  # inside today's 6k..40k only
+        assert not late.accepted and late.code == ErrorCode.DENIED_PRICE_BAND, (late.code, late.message)
+        assert rig.h.desk.submit(CARD, _buy(3, 33_800, tif=TimeInForce.NEXT_SESSION)).accepted
+    finally:
+        await rig.close()
+
+
+async def test_limits_do_not_outlive_their_day_when_the_next_days_fetch_fails(tmp_path: Path) -> None:
+    broker = Listing()
+    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(9, 5)), [CARD], broker=broker)
+    await rig.start()
+    try:
+        rig.day.tick()
+        await rig.day.base_prices.ensure([CODE])
+        assert CODE in rig.h.portfolio.published
+        broker.down = True
+        rig.at(dt.datetime.combine(dt.date(2026, 12, 7), dt.time(9, 5)))
+        rig.day.tick()
+        await rig.run_spawned()
+        await rig.day.base_prices.ensure([CODE])
+        assert CODE not in rig.h.portfolio.published and CODE not in rig.h.portfolio.base_prices
+    finally:
+        await rig.close()
+
+
+async def test_a_protective_limit_exit_may_go_down_to_the_published_lower_limit(tmp_path: Path) -> None:
+    """Offering price 50,000 (the base): KIS's limits 30,000..200,000, the rules' 35,000..65,000. A stop met at
+    36,000 with a limit exit 29 % below (25,560) is floored at the day's lower limit: KIS's 30,000."""
+    code = "005930"
+    c = AgentCard(id="alpha", name="A", strategy="x:Y", codes=[code], budget=10_000_000)
+    h = Harness(tmp_path / "db", cards={"alpha": c})
+    await h.start()
+    try:
+        h.portfolio.base_prices[code] = 50_000
+        h.portfolio.published[code] = (30_000, 200_000)
+        h.broker.ref_price = 60_000
+        assert h.protection.submit(
+            c, buy(1, qty=10, price=60_000, stop=40_000, exit=ExitType.LIMIT, slip_bp=2_900)
+        ).accepted
+        await h.settle(lambda: h.protection.active["alpha-20261120-1"].state is ProtectionState.ARMED)
+        h.broker.no_buyers.add(code)  # the exit rests: its price is what is looked at
+        h.print(code, 36_000)
+        await h.settle(lambda: exits(h))
+        assert [o.price for o in exits(h)] == [30_000]
+    finally:
+        await h.close()
 
 
 def _sanity(published: tuple[int, int] | None) -> MarketSanity:
@@ -101,7 +209,11 @@ def test_listing_day_prints_inside_the_published_band_are_kept_and_its_limit_con
     assert ms.trade(trade(CODE, "090002", 40_050, 10, 20)) == Bad.BAND
     at_top = trade(CODE, "090003", 40_000, 10, 30, bid=40_000)
     assert ms.trade(at_top) is None and ms.confirmed(at_top)  # at the day's (published) limit: confirmed
+    # a kept print past the rules' band of the base has the base fetched again (spaced): right on the listing
+    # day, a stale pair on a later one
+    assert ms.beyond_rules(CODE, 25_000) and not ms.beyond_rules(CODE, 12_000)
     plain = _sanity(None)  # no limits published: the rules' ±30 % of the base, as before
+    assert not plain.beyond_rules(CODE, 25_000)
     assert plain.trade(trade(CODE, "090001", 25_000, 10, 10)) == Bad.BAND
     assert plain.trade(trade(CODE, "090002", 13_000, 10, 20)) is None
 
@@ -116,3 +228,17 @@ def test_a_shadow_buy_takes_a_listing_day_print_with_no_quote_below_the_publishe
     assert not p.at_limit(Side.BUY) and p.taking_price(Side.BUY) == 25_000
     assert _Print(25_000, 0, 0, 25_000 - OFFER, False, DAY).at_limit(Side.BUY)  # (without: past 13,000)
     assert _Print(40_000, 0, 0, 40_000 - OFFER, False, DAY, (6_000, 40_000)).taking_price(Side.BUY) == 0
+
+
+async def test_an_ordinary_days_limits_are_the_rules_band_and_are_not_kept(tmp_path: Path) -> None:
+    broker = Listing()
+    broker.band = DayBand(base=OFFER, lower=7_000, upper=13_000)  # what KIS publishes on an ordinary day
+    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(9, 5)), [CARD], broker=broker)
+    await rig.start()
+    try:
+        rig.day.tick()
+        await rig.day.base_prices.ensure([CODE])
+        assert rig.h.portfolio.base_prices[CODE] == OFFER and CODE not in rig.h.portfolio.published
+        assert rig.h.portfolio.day_limits(CODE) == (7_000, 13_000)
+    finally:
+        await rig.close()
