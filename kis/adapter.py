@@ -579,7 +579,9 @@ class KisBroker(BrokerPort):
 
     async def account(self, *, caller: str = DEFAULT_CALLER) -> BrokerAccount:
         pages = await self._balance_pages(caller)
-        summary = _balance_summary(pages[-1] if pages else None)
+        # the summary of the last page that carries one: a continuation KIS answers with nothing (no data, or rows []
+        # alone: paged() keeps it as the last page) has none, and read as the summary it gave 0 KRW cash
+        summary = _balance_summary(next((p for p in reversed(pages) if p.output2), None))
         req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
         page = await self.rest.request(
             "GET",

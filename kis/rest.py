@@ -124,8 +124,9 @@ def classify(http_status: int, env: Envelope | None) -> BrokerError | None:
     if not (rt_cd or code):
         if http_status in (401, 403):
             return BrokerAuthError(f"HTTP {http_status}", http_status=http_status)
-        if http_status == 200 and env is not None:
-            return None  # a JSON object without an envelope: nothing says it failed (reads only; see request)
+        # every /uapi answer carries rt_cd (API.md §3): a JSON object without one (`{}`, an oauth-style error body
+        # from a proxy) is no KIS answer. Taken as a successful read it was an empty order list (an order in doubt
+        # judged absent and rejected while it rested at KIS) or a balance of no shares and 0 KRW cash
         return BrokerTemporary(f"HTTP {http_status} without a KIS envelope", code=NO_ENVELOPE, http_status=http_status)
     msg = env.msg1.strip() if env is not None else ""
     info = lookup(code, http_status)
