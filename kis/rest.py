@@ -318,11 +318,12 @@ class KisRest:
 
     @staticmethod
     def _auth_failure(what: str, code: str, msg: str, status: int) -> BrokerError:
-        """/oauth2 answers: KIS-side errors may pass, refusals of the key/secret/domain will not."""
+        """/oauth2 answers: KIS-side errors may pass, refusals of the key/secret/domain will not. Without a code, a
+        success status that carries no token (`{}` through a proxy) is no refusal either: KIS refuses with a code."""
         verdict = (
             lookup(code, status).verdict
             if code
-            else (Verdict.SERVER if status >= 500 or status == 0 else Verdict.CREDENTIALS)
+            else (Verdict.SERVER if status >= 500 or status in (0, 200) else Verdict.CREDENTIALS)
         )
         if verdict in (Verdict.SERVER, Verdict.RATE_LIMITED, Verdict.TOKEN_THROTTLED):
             return BrokerTemporary(f"{what}: {msg}", code=code, http_status=status)

@@ -94,3 +94,18 @@ async def test_the_accounts_cash_comes_from_the_page_with_the_summary(tmp_path: 
     finally:
         await b.rest.aclose()
     assert (acct.cash, acct.settlement_cash, acct.total_eval) == (50_000_000, 49_000_000, 60_000_000), acct
+
+
+@aio
+async def test_a_token_answer_with_neither_token_nor_code_is_no_refusal_of_the_credentials(tmp_path: Path) -> None:
+    """HTTP 200 `{}` from /oauth2/tokenP (a proxy's doing): a KIS or network fault, not 'check the app key, secret
+    and account' (the gateway's start said so and exited as for refused credentials). KIS refuses with a code."""
+    from kis.port import BrokerAuthError
+
+    h = Harness(tmp_path, lambda req: httpx.Response(200, json={}))
+    with pytest.raises(BrokerTemporary) as e:
+        await h.rest.issue_token()
+    assert not isinstance(e.value, BrokerAuthError)
+    refused = Harness(tmp_path, lambda req: httpx.Response(403, json={}))  # a refusal without a code stays one
+    with pytest.raises(BrokerAuthError):
+        await refused.rest.issue_token()
