@@ -124,16 +124,28 @@ class HistoryData:
         i = bisect.bisect_left(days, day)
         return self._rows[code][i] if i < len(days) and days[i] == day else None
 
-    def base(self, code: str, day: dt.date) -> int:
-        """The close of the last row before `day` (0 if none): the day's base price."""
+    def base_row(self, code: str, day: dt.date) -> history.DailyBar | None:
+        """The last row before `day` with a close (None if none): the day the base price is the close of."""
         days = self._days.get(code, [])
         i = bisect.bisect_left(days, day)
         while i > 0:
             i -= 1
-            close = self._rows[code][i].close
-            if close > 0:
-                return close
-        return 0
+            if self._rows[code][i].close > 0:
+                return self._rows[code][i]
+        return None
+
+    def base(
+        self, code: str, day: dt.date, kind: SecurityKind = SecurityKind.STOCK, market: Market = Market.KOSPI
+    ) -> int:
+        """The day's base price (0 if none): the close before it as it traded, on its day's tick grid, as the twin
+        printed it (KRX's base is that close). A split-adjusted row's raw close is off the grid (017670's 51,847 on
+        2021-10-12, printed 51,900): taken as the base the gateway read every morning as a corporate action."""
+        row = self.base_row(code, day)
+        if row is None:
+            return 0
+        if tradable(row):
+            return on_day_grid(row, kind, market).close
+        return nearest_grid(row.close, kind, market, rules_for(row.day))  # (a halted day repeats the close before)
 
     def past_bars(self, code: str, day: dt.date, n: int) -> list[history.DailyBar]:
         """The last `n` rows before `day` with positive prices, oldest first."""
@@ -201,13 +213,16 @@ class HistoryExchange(Exchange):
         for code in sorted(self.driven):
             st = self.stocks[code]
             bar = self.data.row(code, day) if trading else None
-            base = self.data.base(code, day) or (bar.open if bar is not None and tradable(bar) else st.prev_close)
+            kind, market = st.info.kind, st.book.market
+            base = self.data.base(code, day, kind, market) or (
+                bar.open if bar is not None and tradable(bar) else st.prev_close
+            )
             st.book.reset_day(base, self.rules)
             st.reset_day(base)
             st.last = base
-            st.history = self.data.past_bars(code, day, self.history_days)
+            # the days before as the twin printed them (on their grid): its chart agrees with its prints
+            st.history = [on_day_grid(b, kind, market) for b in self.data.past_bars(code, day, self.history_days)]
             self.process.reanchor(code, base)
-            kind, market = st.info.kind, st.book.market
             printed = on_day_grid(bar, kind, market) if bar is not None and tradable(bar) else None
             plan = day_plan(printed, kind, market=market)
             self._bar[code] = bar if plan else None

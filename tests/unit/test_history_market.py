@@ -14,7 +14,7 @@ from common.clock import KST
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
 from common.krx import Phase, SecurityKind, on_grid
-from common.krx_rules import rules_for
+from common.krx_rules import Market, rules_for
 from common.schema import Bar, PositionView
 from kis.sim.engine import BookSide
 from kis.sim.exchange import MarketConfig, OrderRecord, TradePrint
@@ -133,6 +133,7 @@ def test_a_day_prints_its_data_bar_and_the_gateway_builds_the_same_1d_bar(
     d = desk(shared_data, day)
     bar = printed(d, code)  # the data's row where it is on the grid (BIG_RANGE's is not)
     assert d.ex.clock.phase() is Phase.PRE_OPEN and d.ex.stocks[code].prev_close == d.ex.data.base(code, day)
+    assert rules_for(day).on_grid(d.ex.stocks[code].prev_close, SecurityKind.STOCK)  # KRX's base: a traded close
     d.at("15:45:00")
     prints = d.of(code)
     prices = [p for _, p, _ in prints]
@@ -402,3 +403,19 @@ def test_every_real_day_of_a_file_plans_exactly(shared_data: Path, code: str) ->
         assert all(a.at < b.at for a, b in pairwise(plan))
         assert all(on_grid(p, SecurityKind.STOCK) or p in (bar.open, bar.high, bar.low, bar.close) for p in prices)
     assert days > 1_500
+
+
+def test_the_base_and_the_chart_are_the_closes_as_printed_not_the_datas_raw_rows(shared_data: Path) -> None:
+    """Split-adjusted history is off the tick grid (017670's 2021-10-12 close 51,847); the twin prints it on the
+    grid (51,900). The next day's base and the chart's daily bars are those printed closes, as KRX's base is the
+    traded close: a raw base was 'today's base price 51,847 is not the last close 51,900' at every morning's
+    check, read as a corporate action (stored daily bars dropped, strategies told to rebuild from a raw chart:
+    a rehearsal's live decisions parted from its backtest) (parity2 hunt)."""
+    day = dt.date(2021, 10, 13)
+    _, ex = open_history(shared_data / FDR, day, 250, MarketConfig())
+    raw = ex.data.row("017670", dt.date(2021, 10, 12))
+    assert raw is not None and raw.close == 51_847
+    st = ex.stocks["017670"]
+    assert st.prev_close == on_day_grid(raw, SecurityKind.STOCK, Market.KOSPI).close == 51_900
+    assert st.history[-1].day == dt.date(2021, 10, 12) and st.history[-1].close == 51_900
+    assert all(rules_for(b.day).on_grid(b.close, SecurityKind.STOCK) for b in st.history)
