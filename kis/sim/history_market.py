@@ -88,7 +88,9 @@ class HistoryData:
         self.directory = directory
         self._rows = rows
         self._days = {code: [b.day for b in bars] for code, bars in rows.items()}
-        self._bars = {code: [b for b in bars if min(b.open, b.high, b.low, b.close) > 0] for code, bars in rows.items()}
+        # the chart's days: those with trades (a halt written as the price repeated with no volume printed nothing,
+        # and the backtest has no bar for it either)
+        self._bars = {code: [b for b in bars if tradable(b)] for code, bars in rows.items()}
         self._bar_days = {code: [b.day for b in bars] for code, bars in self._bars.items()}
 
     @classmethod

@@ -188,3 +188,15 @@ def test_halted_rows_are_not_told_again_as_missing_sessions(shared_data: Path) -
     lg = load_codes(shared_data / "krx_daily_fdr_2020_2026", ["003550"])  # 18 rows FDR marks halted in 2021
     assert any("18 halted" in n for n in lg["003550"].notes)  # said once, by the loader's note
     assert _missing_sessions(lg, "2021-01-04", "2021-12-30") == []
+
+
+def test_a_halt_written_as_the_price_repeated_with_no_volume_gives_no_bar(shared_data: Path) -> None:
+    """The FDR set writes most halts 0,0,0,close,0 (no bar) but 207940's 2025-10-30..11-21 halt as the price
+    repeated with volume 0: those rows were bars the strategy decided on (15 next-session sells placed in the halt),
+    where live has none (no prints, no day bar) (parity2 hunt). Both ways are halted days now."""
+    s = load_bars(shared_data / "krx_daily_fdr_2020_2026" / "207940.csv", "207940")
+    days = {b.start[:10] for b in s.bars}
+    assert "2025-10-30" in s.halted and "2025-11-21" in s.halted
+    assert "2025-10-30" not in days and "2025-11-21" not in days
+    assert "2025-10-29" in days and "2025-11-24" in days  # the days around it trade
+    assert any("halted (no trades, no bar)" in n for n in s.notes)

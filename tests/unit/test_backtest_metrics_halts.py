@@ -231,11 +231,12 @@ def test_data_without_volume_cannot_show_a_halt_and_sells_on_the_bar() -> None:
 
 
 def test_samsung_biologics_stop_waits_out_its_2025_suspension(shared_data: Path) -> None:
-    # 207940's bars of 2025-10-30 .. 2025-11-21 repeat 1,797,000 with volume 0 (trading suspended)
+    # 207940's rows of 2025-10-30 .. 2025-11-21 repeat 1,797,000 with volume 0 (trading suspended): halted days,
+    # no bars (as live: no prints, no day bar)
     code = "207940"
     series = load_codes(shared_data / "krx_daily_fdr_2020_2026", [code], dt.date(2025, 12, 31))
-    halted = [b.start for b in series[code].bars if "2025-10-30" <= b.start <= "2025-11-21"]
-    assert halted and all(b.volume == 0 for b in series[code].bars if b.start in halted)
+    halted = sorted(d for d in series[code].halted if "2025-10-30" <= d <= "2025-11-21")
+    assert len(halted) == 17 and not [b for b in series[code].bars if b.start[:10] in halted]
     # a limit below 10-29's open (1,835,265) fills inside the bar: the stop is checked from the next bar,
     # the first of the suspension (at the market, bought at the open, that day's low 1,780,810 sells it)
     plan = {"2025-10-28": [(5, {"stop": 1_800_000, "price": 1_820_000})]}

@@ -334,6 +334,13 @@ def _parse(path: Path, rows: Iterable[Row], strict: bool, name: str, has_volume:
             # trades on a day the calendar has closed: the data wins (the pre-1999 calendar is not sure)
             problems["kept on days the KRX calendar lists as closed"] += 1
             first.setdefault("kept on days the KRX calendar lists as closed", f"line {n}: {day}")
+        if vol == 0 and o == h == lo == c and has_volume and v_ not in (None, "") and not intraday:
+            # a session without trades written as the price repeated (207940's halt in the FDR set, where other
+            # codes' halts are 0,0,0,close): no bar either, as live has none (no prints, no day bar published)
+            problems["halted (no trades, no bar)"] += 1
+            first.setdefault("halted (no trades, no bar)", f"line {n}: {start}")
+            halted.add(day)
+            continue
         if not (lo <= min(o, c) and max(o, c) <= h):
             problem("repaired", n, f"inconsistent OHLC {o}/{h}/{lo}/{c}")
             h, lo = max(o, h, lo, c), min(o, h, lo, c)
