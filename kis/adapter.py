@@ -581,7 +581,12 @@ class KisBroker(BrokerPort):
         pages = await self._balance_pages(caller)
         # the summary of the last page that carries one: a continuation KIS answers with nothing (no data, or rows []
         # alone: paged() keeps it as the last page) has none, and read as the summary it gave 0 KRW cash
-        summary = _balance_summary(next((p for p in reversed(pages) if p.output2), None))
+        with_summary = next((p for p in reversed(pages) if p.output2), None)
+        if with_summary is None:  # (an account of nothing still has its summary: its cash, 0 or not)
+            raise BrokerTemporary(
+                "inquire-balance answered without its summary (output2): the cash is unknown", code=BAD_ROW
+            )
+        summary = _balance_summary(with_summary)
         req = wire.PsblOrderRequest(CANO=self._creds.cano, ACNT_PRDT_CD=self._creds.acnt_prdt_cd)
         page = await self.rest.request(
             "GET",

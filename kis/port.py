@@ -112,7 +112,8 @@ class BrokerCancel(msgspec.Struct, frozen=True, kw_only=True):
 class DayBand(msgspec.Struct, frozen=True, kw_only=True):
     """A code's base price (0: unknown) and the day's lower/upper price limits as the exchange set them (0: not
     published). They are the rules' band of the base on an ordinary day; not on a new listing's first day
-    (60-400 % of the offering price since 2023-06-26, KRX: common/krx_rules.py)."""
+    (60-400 % of the offering price since 2023-06-26) nor for a 2x leveraged or inverse ETF/ETN (twice the
+    ±30 %: KRX; press, UNCONFIRMED by API.md)."""
 
     base: int
     lower: int = 0
@@ -120,10 +121,11 @@ class DayBand(msgspec.Struct, frozen=True, kw_only=True):
 
     def published(self) -> tuple[int, int] | None:
         """(lower, upper) when both are given, hold the base between them and lie within the widest band KRX
-        sets (a listing day's 60-400 % of the base, a percent of slack for the grid); else None: the rules' band
-        (a garbled answer; a twin dated where no band is modelled publishes 1..2^63)."""
+        sets (a leveraged or inverse ETF/ETN's ±60 %, every day; a listing day's 60-400 % of the base; a percent
+        of slack for the grid); else None: the rules' band (a garbled answer; a twin dated where no band is
+        modelled publishes 1..2^63)."""
         lower, upper, base = self.lower, self.upper, self.base
-        if 0 < lower <= base <= upper and lower < upper and lower * 100 >= base * 59 and upper * 100 <= base * 401:
+        if 0 < lower <= base <= upper and lower < upper and lower * 100 >= base * 39 and upper * 100 <= base * 401:
             return lower, upper
         return None
 

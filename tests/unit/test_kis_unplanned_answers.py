@@ -109,3 +109,35 @@ async def test_a_token_answer_with_neither_token_nor_code_is_no_refusal_of_the_c
     refused = Harness(tmp_path, lambda req: httpx.Response(403, json={}))  # a refusal without a code stays one
     with pytest.raises(BrokerAuthError):
         await refused.rest.issue_token()
+
+
+class NoSummary(FakeKisRest):
+    def __init__(self, page: dict) -> None:
+        super().__init__()
+        self.page = page
+
+    def __call__(self, req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("inquire-balance"):
+            self.requests.append(req)
+            return httpx.Response(200, json=self.page, headers={"tr_cont": "D"})
+        return super().__call__(req)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        {"rt_cd": "7", "msg_cd": "KIOK0560", "msg1": "조회할 내용이 없습니다"},
+        {"rt_cd": "0", "msg_cd": "KIOK0510", "msg1": "ok", "output1": [ROW]},
+    ],
+    ids=["no data", "rows without a summary"],
+)
+@aio
+async def test_a_balance_without_any_summary_is_no_account_of_0_krw(tmp_path: Path, page: dict) -> None:
+    """An account of nothing still has its summary (its cash, 0 or not): an answer without one is retried, not read
+    as 0 KRW cash (every buy refused, 'money moved out' alerted)."""
+    b = broker(tmp_path, NoSummary(page))
+    try:
+        with pytest.raises(BrokerTemporary):
+            await b.account()
+    finally:
+        await b.rest.aclose()

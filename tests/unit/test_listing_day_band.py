@@ -96,7 +96,8 @@ def test_limits_that_do_not_hold_the_base_are_not_taken() -> None:
     assert DayBand(base=OFFER, lower=0, upper=40_000).published() is None
     assert DayBand(base=OFFER, lower=12_000, upper=40_000).published() is None  # base outside: a garbled answer
     assert DayBand(base=OFFER, lower=OFFER, upper=OFFER).published() is None
-    assert DayBand(base=OFFER, lower=5_000, upper=40_000).published() is None  # wider than KRX ever sets
+    assert DayBand(base=OFFER, lower=3_000, upper=40_000).published() is None  # wider than KRX ever sets
+    assert DayBand(base=OFFER, lower=4_000, upper=16_000).published() == (4_000, 16_000)  # a 2x ETF's ±60 %
     assert DayBand(base=OFFER, lower=6_000, upper=41_000).published() is None
     # the twin on a day without a modelled band (KOSPI before 1995-04) publishes 1..2^63: the rules' judged band
     # (base ±7 %) values a market buy there, not 9.2e18 KRW a share
@@ -242,3 +243,68 @@ async def test_an_ordinary_days_limits_are_the_rules_band_and_are_not_kept(tmp_p
         assert rig.h.portfolio.day_limits(CODE) == (7_000, 13_000)
     finally:
         await rig.close()
+
+
+async def test_a_leveraged_etfs_published_60_percent_band_is_taken_every_day(tmp_path: Path) -> None:
+    """A 2x leveraged or inverse ETF trades in ±60 % of its base every day (KRX): KIS's limits are taken, so a
+    market buy holds cash at its 1.6x and a limit at 1.5x is no band refusal."""
+    broker = Listing()
+    broker.band = DayBand(base=10_000, lower=4_000, upper=16_000)
+    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(9, 5)), [CARD], broker=broker)
+    await rig.start()
+    try:
+        pf = rig.h.portfolio
+        pf.kinds[CODE] = SecurityKind.ETF
+        rig.day.tick()
+        await rig.day.base_prices.ensure([CODE])
+        assert pf.published[CODE] == (4_000, 16_000) and pf.notional_price(Side.BUY, 0, CODE) == 16_000
+        ok = rig.h.desk.submit(CARD, _buy(1, 15_000))
+        assert ok.accepted, (ok.code, ok.message)
+    finally:
+        await rig.close()
+
+
+async def test_the_gateway_wires_the_published_band_to_its_refetch_and_its_shadow_venue(tmp_path: Path) -> None:
+    """Prints through the gateway's market-data loop on a listing day: one past the rules' band of the base (kept:
+    inside KIS's) has the base fetched again (spaced), and a shadow buy takes a confirmed print at 2.5x the
+    offering price with no quote at the market (the rules' band called it locked at the upper limit: no fill)."""
+    import asyncio
+
+    import msgspec
+
+    from common.config import GatewayConfig
+    from kis.port import BrokerNotice, BrokerOrder, NoticeKind
+    from server.gateway import Gateway
+
+    broker = FakeBroker(ref_price=OFFER)
+    gw = Gateway(GatewayConfig(run_dir=str(tmp_path / "gwrun")), broker)
+    gw.portfolio.base_prices[CODE] = OFFER
+    gw.portfolio.published[CODE] = (6_000, 40_000)
+    asked: list[str] = []
+    gw.day.outside_band = asked.append  # type: ignore[method-assign]
+    notices: list[BrokerNotice] = []
+    gw.shadow_venue.notify = notices.append
+    pump = asyncio.get_running_loop().create_task(gw._broker_events())
+    try:
+        await gw.shadow_venue.submit(
+            BrokerOrder(
+                client_order_id="alpha-20261204-1",
+                code=CODE,
+                side=Side.BUY,
+                qty=10,
+                price=0,
+                order_type=OrderType.MARKET,
+            )
+        )
+        for t in ("100000", "100001"):  # a second print near the first confirms it
+            broker._queue.put_nowait(
+                msgspec.structs.replace(trade(CODE, t, 25_000, 5, 5 + int(t[-1]) * 5), change=15_000)
+            )
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (notices and asked) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        assert asked and set(asked) == {CODE}
+        assert [(n.kind, n.fill_price) for n in notices][:1] == [(NoticeKind.FILLED, 25_000)]
+    finally:
+        pump.cancel()
+        gw._close_stores()
