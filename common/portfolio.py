@@ -246,6 +246,10 @@ class Portfolio:
         # the base): the day's band where they are known (a new listing's first day is 60-400 % of its offering
         # price, not the rules' ±30 % of the base). Cleared with the base prices when the day rolls.
         self.published: dict[str, tuple[int, int]] = {}
+        # codes trading today without any daily band: a delisting's liquidation days (정리매매), which KRX trades
+        # in single-price calls with no price limits; the prints say so (NEW_MKOP_CLS_CODE kind 7, API.md §5.6:
+        # server/md_sanity.py adds them). Cleared with the base prices when the day rolls.
+        self.unlimited: set[str] = set()
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)
         self.rules: KrxRules = CURRENT  # the KRX rules of the current trading day (the day cycle sets it)
@@ -467,7 +471,9 @@ class Portfolio:
 
     def day_limits(self, code: str) -> tuple[int, int] | None:
         """Today's (lower, upper) price limits of `code`: the exchange's published ones, else the rules' band of
-        its base price; None while neither is known."""
+        its base price; None while neither is known, or when it trades without limits today (unlimited)."""
+        if code in self.unlimited:
+            return None
         got = self.published.get(code)
         if got is not None:
             return got

@@ -366,6 +366,7 @@ class Gateway:
             lambda: self.clock.now().date(),
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
             self.portfolio.published.get,
+            self.portfolio.unlimited,
         )
         self.day.on_new_day += [
             self.md.new_day,

@@ -65,6 +65,7 @@ class Bad(StrEnum):
 
 
 NOT_TRADES = frozenset({Bad.EXPECTED, Bad.QTY_ZERO})
+LIQUIDATION = "7"  # NEW_MKOP_CLS_CODE's 2nd character on a delisting's liquidation days (정리매매, API.md §5.6)
 
 
 class MarketSanity:
@@ -75,11 +76,16 @@ class MarketSanity:
         day: Callable[[], dt.date],
         alert: Callable[[str], None],
         published: Callable[[str], tuple[int, int] | None] = lambda code: None,
+        unlimited: set[str] | None = None,
     ) -> None:
         self.base_price = base_price  # 0: unknown (no band check)
         # the day's (lower, upper) limits as the exchange published them (None: the rules' band of the base): a new
         # listing's first day trades at 60-400 % of its offering price, far outside the rules' ±30 %
         self.published = published
+        # codes trading today without a daily band (정리매매: a print's NEW_MKOP_CLS_CODE kind 7, API.md §5.6): KRX
+        # prices them 80-90 % below the last close and lets them rebound past +30 %; added here from the prints,
+        # emptied by whoever owns the day (the gateway's BasePrices.roll: Portfolio.unlimited)
+        self.unlimited: set[str] = set() if unlimited is None else unlimited
         self.kind = kind
         self.day = day  # the market day (the rules and the per-day state follow it)
         self.alert = alert
@@ -137,6 +143,8 @@ class MarketSanity:
     def _limits(self, code: str, kinds: tuple[SecurityKind, ...], rules: KrxRules) -> list[tuple[int, int]]:
         """The day's (lower, upper) of `code`: the exchange's, else the rules' band of its base for each kind and
         market it may be; [] while neither is known."""
+        if code in self.unlimited:
+            return []
         published = self.published(code)
         if published is not None:
             return [published]
@@ -161,6 +169,9 @@ class MarketSanity:
     def trade(self, t: Trade) -> Bad | None:
         """None when the print may be used; else why it is dropped (counted here, alerted unless `NOT_TRADES`)."""
         rules = self._roll()
+        if t.market_op[1:2] == LIQUIDATION and t.code not in self.unlimited:
+            self.unlimited.add(t.code)
+            log.warning("%s trades in liquidation (정리매매) today: no daily band for its prints and orders", t.code)
         bad = self._not_a_trade(t)
         if bad is None:
             bad = self._price(t.code, t.price, rules)

@@ -481,6 +481,8 @@ class RiskGate:
         phase = self.clock.phase()
         base, rules, band = p.base_prices.get(code, 0), p.rules, True
         limits = p.published.get(code)  # today's (a new listing's first day: KRX's, not the rules' ±30 %)
+        if code in p.unlimited:  # today without limits (정리매매): no band to judge by, KRX sets none
+            band = False
         if tif in HELD_TIFS:
             now = self.clock.now()
             day = next_session_day(now, phase)  # the desk holds it for this session (order_desk.session_day)
