@@ -246,9 +246,10 @@ class Portfolio:
         # the base): the day's band where they are known (a new listing's first day is 60-400 % of its offering
         # price, not the rules' ±30 % of the base). Cleared with the base prices when the day rolls.
         self.published: dict[str, tuple[int, int]] = {}
-        # codes trading today without any daily band: a delisting's liquidation days (정리매매), which KRX trades
-        # in single-price calls with no price limits; the prints say so (NEW_MKOP_CLS_CODE kind 7, API.md §5.6:
-        # server/md_sanity.py adds them). Cleared with the base prices when the day rolls.
+        # codes trading without any daily band: a delisting's liquidation days (정리매매, seven sessions), which KRX
+        # trades in single-price calls with no price limits; the prints say so (NEW_MKOP_CLS_CODE kind 7, API.md
+        # §5.6: server/md_sanity.py adds a code, and takes it out at a print of ordinary trading); kept in the store
+        # across days and restarts by the gateway (its next session's orders, released before any print, too)
         self.unlimited: set[str] = set()
         self.kinds: dict[str, SecurityKind] = {}  # code → security kind when not an ordinary stock
         self.boards: dict[str, Market] = {}  # code → market when not KOSPI (grids differed before 2023)

@@ -197,6 +197,9 @@ class MarketView(msgspec.Struct, frozen=True, kw_only=True):
     # known: the band then, whatever the base (a new listing's first day: 60-400 % of its offering price since
     # 2023-06-26, where the rules' band of the base is ±30 %). None: the rules' band of base_price (a backtest)
     limits: tuple[int, int] | None = None
+    # the code trades without any daily limit (a delisting's liquidation days, 정리매매): no band to judge a price
+    # by, and a buy at the market has no price to be held at (refused: a limit is valued at its own price)
+    unlimited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +558,11 @@ def _gates(
     if tif in AUCTION_REFUSED_TIFS or order_type in AUCTION_REFUSED_TYPES:
         if why := auction_refusal(order_type, tif, market.phase):
             return ErrorCode.DENIED_AUCTION_TIF, why
+    if market.unlimited and side is _BUY and not at_limit(side, price, order_type):
+        return ErrorCode.DENIED_PRICE_BAND, (
+            "the code trades without a daily limit (a delisting's liquidation days, 정리매매): a buy at the market has "
+            "no price to be held at; send a limit buy"
+        )
     if price > 0:
         rules, kind, board = market.rules, market.kind, market.board
         if not rules.on_grid(price, kind, board):
@@ -562,7 +570,9 @@ def _gates(
                 f"price {price} is off the tick grid in force since {rules.grid_since(board)} "
                 f"(tick {rules.tick_size(price, kind, board)})"
             )
-        if market.band and (lim := market.limits) is not None:
+        if market.unlimited:
+            pass  # (KRX sets no limit: the broker judges the price)
+        elif market.band and (lim := market.limits) is not None:
             if not lim[0] <= price <= lim[1]:
                 return ErrorCode.DENIED_PRICE_BAND, (
                     f"price {price} is outside the day's band {lim[0]}..{lim[1]} (the exchange's limits, base "

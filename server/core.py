@@ -127,7 +127,7 @@ def build_order_core(
             inquiry.watch_cancel(coid, line)  # (a shadow agent's venue confirms every cancel)
 
     notices = NoticeRouter(book, risk.broker_error, learn, cancel_unconfirmed)
-    shadow_venue = ShadowExecution(clock, notices.on_notice, book.portfolio.published.get)
+    shadow_venue = ShadowExecution(clock, notices.on_notice, book.portfolio.published.get, book.portfolio.unlimited)
     book.listeners.append(shadow_venue.on_order)
 
     def unknown(coid: str) -> None:

@@ -123,6 +123,7 @@ from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder, held_codes
 
 log = logging.getLogger("ktrader.gateway")
+UNLIMITED_KEY = "md:unlimited"  # the store's meta row of the codes in liquidation (Portfolio.unlimited)
 
 
 # phases in which none of today's orders can have traded yet (the opening auction matches at 09:00; a holiday)
@@ -367,6 +368,7 @@ class Gateway:
             lambda text: self.alerts(text, AlertKind.BAD_MARKET_DATA),
             self.portfolio.published.get,
             self.portfolio.unlimited,
+            self._keep_unlimited,
         )
         self.day.on_new_day += [
             self.md.new_day,
@@ -696,6 +698,7 @@ class Gateway:
             raise
         self._trust(owner)
         self.core.load()
+        self._load_unlimited()
         self.recorder = attach_recorder(
             self.run_dir, self.cfg.record_market_data, self.cfg.data_retention_days, self.broker
         )
@@ -1405,6 +1408,22 @@ class Gateway:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again
         self._protected_retry.clear()
         self._check_calendar(day)
+
+    def _keep_unlimited(self) -> None:
+        """The codes in a delisting's liquidation days (Portfolio.unlimited) outlive the day and a restart: the next
+        session's orders are released before any print could say so again."""
+        try:
+            self._set_meta(UNLIMITED_KEY, msgspec.json.encode(sorted(self.portfolio.unlimited)).decode())
+        except Exception:  # (the store's own failure path stops the gateway; the set stands in memory meanwhile)
+            log.exception("the codes in liquidation not kept")
+
+    def _load_unlimited(self) -> None:
+        raw = self.store.get_meta(UNLIMITED_KEY)
+        if raw:
+            try:
+                self.portfolio.unlimited.update(msgspec.json.decode(raw, type=list[str]))
+            except msgspec.DecodeError:
+                log.warning("the stored codes in liquidation are unreadable: their prints say so again")
 
     def _set_meta(self, key: str, value: str) -> None:
         with self.store.transaction():

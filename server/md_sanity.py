@@ -66,6 +66,7 @@ class Bad(StrEnum):
 
 NOT_TRADES = frozenset({Bad.EXPECTED, Bad.QTY_ZERO})
 LIQUIDATION = "7"  # NEW_MKOP_CLS_CODE's 2nd character on a delisting's liquidation days (정리매매, API.md §5.6)
+SESSION_OPS = frozenset("1234")  # its 1st: 장개시전 / 장중 / 장종료후 / 시간외단일가
 
 
 class MarketSanity:
@@ -77,15 +78,17 @@ class MarketSanity:
         alert: Callable[[str], None],
         published: Callable[[str], tuple[int, int] | None] = lambda code: None,
         unlimited: set[str] | None = None,
+        on_unlimited: Callable[[], None] = lambda: None,
     ) -> None:
         self.base_price = base_price  # 0: unknown (no band check)
         # the day's (lower, upper) limits as the exchange published them (None: the rules' band of the base): a new
         # listing's first day trades at 60-400 % of its offering price, far outside the rules' ±30 %
         self.published = published
-        # codes trading today without a daily band (정리매매: a print's NEW_MKOP_CLS_CODE kind 7, API.md §5.6): KRX
-        # prices them 80-90 % below the last close and lets them rebound past +30 %; added here from the prints,
-        # emptied by whoever owns the day (the gateway's BasePrices.roll: Portfolio.unlimited)
+        # codes trading without a daily band (정리매매: a print's NEW_MKOP_CLS_CODE kind 7, API.md §5.6): KRX prices
+        # them 80-90 % below the last close and lets them rebound past +30 %; a code goes in at such a print and out
+        # at a print of ordinary trading (Portfolio.unlimited, which the gateway keeps: `on_unlimited` on a change)
         self.unlimited: set[str] = set() if unlimited is None else unlimited
+        self.on_unlimited = on_unlimited
         self.kind = kind
         self.day = day  # the market day (the rules and the per-day state follow it)
         self.alert = alert
@@ -169,9 +172,7 @@ class MarketSanity:
     def trade(self, t: Trade) -> Bad | None:
         """None when the print may be used; else why it is dropped (counted here, alerted unless `NOT_TRADES`)."""
         rules = self._roll()
-        if t.market_op[1:2] == LIQUIDATION and t.code not in self.unlimited:
-            self.unlimited.add(t.code)
-            log.warning("%s trades in liquidation (정리매매) today: no daily band for its prints and orders", t.code)
+        self._session_kind(t)
         bad = self._not_a_trade(t)
         if bad is None:
             bad = self._price(t.code, t.price, rules)
@@ -183,6 +184,23 @@ class MarketSanity:
             self._drop(t.code, bad, f"print {t.price:,} x{t.qty} at {t.time}, cumulative volume {t.cum_volume:,}")
             return bad
         return None
+
+    def _session_kind(self, t: Trade) -> None:
+        """Whether `t`'s code trades in liquidation (정리매매), as a print of shares of today (or the next session)
+        with a well-formed NEW_MKOP_CLS_CODE says: a garbled or stale frame switches no band off (or on)."""
+        op = t.market_op
+        if len(op) != 2 or op[0] not in SESSION_OPS or t.qty <= 0 or (t.date and t.date not in self._days):
+            return
+        liquidating = op[1] == LIQUIDATION
+        if liquidating == (t.code in self.unlimited):
+            return
+        if liquidating:
+            self.unlimited.add(t.code)
+            log.warning("%s trades in liquidation (정리매매): no daily band for its prints and orders", t.code)
+        else:
+            self.unlimited.discard(t.code)
+            log.warning("%s trades as usual again (no liquidation): its daily band applies", t.code)
+        self.on_unlimited()
 
     @staticmethod
     def _not_a_trade(t: Trade) -> Bad | None:
@@ -245,7 +263,8 @@ class MarketSanity:
             or bp != sorted(bp, reverse=True)
             or len(set(ap)) < len(ap)
             or len(set(bp)) < len(bp)
-            or (crossed and not (b.hour_cls.in_call or self._in_call(b.time)))
+            # (a liquidation trades in single-price calls all day: crossed between its uncrosses)
+            or (crossed and not (b.hour_cls.in_call or self._in_call(b.time) or b.code in self.unlimited))
         ):
             bad = Bad.BOOK
         if bad is not None:

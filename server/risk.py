@@ -481,8 +481,6 @@ class RiskGate:
         phase = self.clock.phase()
         base, rules, band = p.base_prices.get(code, 0), p.rules, True
         limits = p.published.get(code)  # today's (a new listing's first day: KRX's, not the rules' ±30 %)
-        if code in p.unlimited:  # today without limits (정리매매): no band to judge by, KRX sets none
-            band = False
         if tif in HELD_TIFS:
             now = self.clock.now()
             day = next_session_day(now, phase)  # the desk holds it for this session (order_desk.session_day)
@@ -500,6 +498,9 @@ class RiskGate:
             rules=rules,
             band=band,
             limits=limits,
+            # a delisting's liquidation days (정리매매, seven sessions): no band today nor for a later session the
+            # liquidation lasts into (the state holds until a print of the code shows ordinary trading)
+            unlimited=code in p.unlimited,
             # (a clock whose time of day means nothing — the twin's open clock — has no start to wait for)
             at_ns=market_ns(self.clock) if self.clock.timed else 0,
         )

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 from common.enums import OrderType, Side, TimeInForce
@@ -89,6 +89,7 @@ class _Print:
     closing_call: bool
     day: dt.date
     limits: tuple[int, int] | None = None  # the day's as the exchange published them (Portfolio.published)
+    unlimited: bool = False  # no daily limit at all (a delisting's liquidation days, 정리매매: Portfolio.unlimited)
 
     @property
     def quoted(self) -> bool:
@@ -98,6 +99,8 @@ class _Print:
         """At (or past) the day's limit `side` cannot take at: the upper for a buy, the lower for a sell
         (of any kind and market: the code's are not known here, the nearest limit counts); the published
         limits when known (a new listing's first day: 60-400 % of its offering price)."""
+        if self.unlimited:
+            return False
         if self.limits is not None:
             return self.price >= self.limits[1] if side is Side.BUY else self.price <= self.limits[0]
         base = self.price - self.change
@@ -158,10 +161,12 @@ class ShadowExecution:
         clock: MarketClock,
         notify: Callable[[BrokerNotice], None],
         published: Callable[[str], tuple[int, int] | None] = lambda code: None,
+        unlimited: Container[str] = frozenset(),
     ) -> None:
         self.clock = clock
         self.notify = notify
         self.published = published  # code -> the day's limits as the exchange published them (None: the rules')
+        self.unlimited = unlimited  # codes without any daily limit (Portfolio.unlimited)
         self._ids = itertools.count(1)
         self.resting: dict[str, _Resting] = {}
 
@@ -277,7 +282,8 @@ class ShadowExecution:
         when = now
         if len(time) == 6 and time.isdigit():
             when = now.replace(hour=int(time[:2]), minute=int(time[2:4]), second=int(time[4:]), microsecond=0)
-        return _Print(price, bid1, ask1, change, phase_at(when) in _CLOSING_CALL, now.date(), self.published(code))
+        closing = phase_at(when) in _CLOSING_CALL
+        return _Print(price, bid1, ask1, change, closing, now.date(), self.published(code), code in self.unlimited)
 
     def _notice(
         self,

@@ -139,7 +139,6 @@ class BasePrices:
             self._confirmed.clear()
             self.book.portfolio.base_prices.clear()  # (the day's P&L starts of carried positions move with it)
             self.book.portfolio.published.clear()
-            self.book.portfolio.unlimited.clear()
 
     def _confirm(self, code: str) -> None:
         first = code not in self._confirmed

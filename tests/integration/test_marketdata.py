@@ -79,7 +79,11 @@ def test_bars_snapshot_history_and_gap_healing(tmp_path: Path, procs: Procs, mar
         20,
         what="the late agent's market snapshot",
     )
-    assert int(snap.group(1)) > 0 and "1m@" in snap.group(2) and "5m@" in snap.group(2)
+    # bars in progress: those whose interval had a print since it began (the twin's clock runs 300x: a 5-minute
+    # boundary passes every real second, and a snapshot taken right after one has no 1m or 5m bar until the next
+    # print, as a live snapshot would not; a slow box made that a one-in-a-few failure)
+    in_progress = snap.group(2)
+    assert int(snap.group(1)) > 0 and "1d@" in in_progress and re.search(r"'(1m|5m|15m|60m)@", in_progress), in_progress
     hist = re.search(r"PROBE history 005930 1m (\d+) (\S*)", procs.log(b))
     assert hist and int(hist.group(1)) == 3
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import msgspec
 
-from common.config import AgentCard, GatewayConfig
-from common.enums import OrderType, Side
+from common.config import AgentCard, GatewayConfig, RiskLimits
+from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
 from common.krx import SecurityKind
+from common.risk_rules import AccountExposure, Exposure, Mandate, MarketView, check_order
 from common.schema import NewOrder
-from kis.port import DayBand, Trade
+from kis.port import Book, DayBand, Trade
 from server.md_sanity import Bad, MarketSanity
 from tests.fakes.broker import FakeBroker
 from tests.fakes.prints import trade
@@ -39,14 +40,75 @@ def _sanity(base: int, unlimited: set[str]) -> MarketSanity:
 
 def test_liquidation_prints_far_from_the_base_are_kept_and_mark_the_code_unlimited() -> None:
     unlimited: set[str] = set()
-    ms = _sanity(BASE, unlimited)
+    changes: list[set[str]] = []
+    ms = MarketSanity(
+        lambda c: BASE,
+        lambda c: SecurityKind.STOCK,
+        lambda: DAY,
+        lambda t: None,
+        unlimited=unlimited,
+        on_unlimited=lambda: changes.append(set(unlimited)),
+    )
     assert ms.trade(_print("093000", 1_500, 100)) is None  # the first call: -85 %
-    assert unlimited == {CODE}
-    assert ms.trade(_print("100000", 3_200, 200, op="20")) is None  # the day stays unlimited
-    later = _sanity(1_500, set())  # day 2: the base is day 1's close; a rebound of +113 %
+    assert unlimited == {CODE} and changes == [{CODE}]
+    assert ms.trade(_print("100000", 3_200, 200)) is None  # +113 % later in the day: no band either
+    # a crossed book between its single-price calls is the liquidation's normal state, not bad data
+    book = Book(code=CODE, time="101000", asks=((3_000, 10),), bids=((3_100, 10),), total_ask_qty=10, total_bid_qty=10)
+    assert ms.book(book) is None
+    later = _sanity(1_500, {CODE})  # day 2 (the state is kept): the base is day 1's close; a rebound of +113 %
     assert later.trade(_print("093000", 3_200, 100, base=1_500)) is None
     plain = _sanity(BASE, set())  # an ordinary print (kind 0) past the band is still dropped
     assert plain.trade(_print("093000", 1_500, 100, op="20")) == Bad.BAND
+    # a print of ordinary trading takes the code out again (a liquidation stopped by a court, say)
+    assert ms.trade(_print("110000", 10_100, 300, op="20")) is None
+    assert unlimited == set() and changes[-1] == set()
+
+
+def test_a_garbled_or_stale_print_switches_no_band_off() -> None:
+    unlimited: set[str] = set()
+    ms = _sanity(BASE, unlimited)
+    stale = msgspec.structs.replace(_print("093000", 10_100, 100), date="20261101")  # neither today nor next
+    assert ms.trade(stale) == Bad.DATE and unlimited == set()
+    assert ms.trade(_print("093001", 10_100, 100, op="77")) is None and unlimited == set()  # 1st: a Buy-in
+    assert ms.trade(_print("093002", 10_100, 200, op="7")) is None and unlimited == set()  # not two characters
+    empty = msgspec.structs.replace(_print("093003", 10_100, 200), qty=0)  # no shares: no trade
+    ms.trade(empty)
+    assert unlimited == set()
+
+
+def test_the_gate_refuses_a_market_buy_of_a_code_without_limits_and_takes_a_limit_at_any_price() -> None:
+    market = MarketView(base_price=BASE, unlimited=True)
+    limits = RiskLimits()
+    mandate = Mandate(agent_limits=limits, account_limits=limits, codes=[CODE])
+    exp = Exposure()
+
+    def check(side: Side, price: int, order_type: OrderType) -> object:
+        return check_order(
+            side=side,
+            qty=10,
+            price=price,
+            code=CODE,
+            order_type=order_type,
+            tif=TimeInForce.DAY,
+            mandate=mandate,
+            exp=exp,
+            market=market,
+            account=AccountExposure(free_cash=1_000_000_000),
+        )
+
+    denied = check(Side.BUY, 0, OrderType.MARKET)
+    assert denied is not None and denied[0] is ErrorCode.DENIED_PRICE_BAND and "limit" in denied[1]
+    assert check(Side.BUY, 1_500, OrderType.LIMIT) is None  # 85 % under the base: no band
+    sell = check(Side.SELL, 0, OrderType.MARKET)  # a holder's way out at the market stays open (no shares here)
+    assert sell is not None and sell[0] is ErrorCode.DENIED_NO_SHARES
+
+
+def test_the_shadow_venue_takes_a_liquidation_print_without_a_quote() -> None:
+    from server.shadow import _Print
+
+    far = _Print(1_500, 0, 0, 1_500 - BASE, False, DAY, None, True)
+    assert not far.at_limit(Side.SELL) and far.taking_price(Side.SELL) == 1_500
+    assert _Print(1_500, 0, 0, 1_500 - BASE, False, DAY).at_limit(Side.SELL)  # (the rules' band: "locked")
 
 
 async def test_a_holder_may_sell_at_the_liquidation_price_and_its_exit_has_no_floor(tmp_path: Path) -> None:
@@ -81,7 +143,7 @@ async def test_a_holder_may_sell_at_the_liquidation_price_and_its_exit_has_no_fl
         rig.day.tick()
         await rig.run_spawned()
         await rig.day.base_prices.ensure([CODE])
-        assert CODE not in pf.unlimited  # a day's word: the next day's prints say it again
+        assert CODE in pf.unlimited  # the liquidation lasts seven sessions: the next day's orders need no print
     finally:
         await rig.close()
 
@@ -104,3 +166,11 @@ async def test_the_gateway_keeps_a_liquidation_print_and_its_mark_moves(tmp_path
     finally:
         pump.cancel()
         gw._close_stores()
+    # kept in the store: a restarted gateway knows before the next print (its next-session orders are released
+    # at the open, before any)
+    again = Gateway(GatewayConfig(run_dir=str(tmp_path / "gwrun")), FakeBroker(ref_price=BASE))
+    try:
+        again._load_unlimited()
+        assert again.portfolio.unlimited == {CODE}
+    finally:
+        again._close_stores()
