@@ -65,6 +65,16 @@ def record_width(tr_id: str, n_fields: int, count: int, known: tuple[int, ...]) 
     raise FrameError(f"{tr_id}: {n_fields} fields do not split into {count} records of {known}")
 
 
+def _coded(f: list[str], o: int) -> bool:
+    """A trade or book record opens at `o`: a code as long as the first record's, then an HHMMSS time."""
+    return len(f[o]) == len(f[0]) and len(f[o + 1]) == 6 and f[o + 1].isdigit()
+
+
+def _same_account(f: list[str], o: int) -> bool:
+    """A notice record opens at `o`: the first record's HTS id and account."""
+    return f[o] == f[0] and f[o + 1] == f[1]
+
+
 def _trade_with(f: list[str], o: int, num: Callable[[str], int]) -> Trade:
     return Trade(
         code=normalise_code(f[o]),
@@ -254,6 +264,24 @@ class FrameParser:
             raise BadRecord(self.last_bad)
         return out
 
+    def _whole_records(
+        self, tr_id: str, f: list[str], count: int, known: tuple[int, ...], opens: Callable[[list[str], int], bool]
+    ) -> int:
+        """The frame's records: `count`, or more when its fields are more whole records of a known width than the
+        count says, each opening as one does. Taken as one wide record (extra trailing fields) the second was lost
+        without a word: a fill notice, or a legacy notice's price read from the next one's order number. Such a
+        frame is counted as bad (a notice's then asks for a repair from the order list) and every record read."""
+        n = len(f)
+        if count <= 0 or any(n == w * count for w in known):
+            return count
+        for w in known:
+            k = n // w
+            if n % w == 0 and k > count and all(opens(f, i * w) for i in range(k)):
+                self.bad_records[tr_id] = self.bad_records.get(tr_id, 0) + 1
+                self.last_bad = f"{tr_id}: count {count} but {k} whole records of {w} fields (all read)"
+                return k
+        return count
+
     def parse(self, text: str) -> list[Trade | Book | BrokerNotice]:
         """Parse one data frame (starting with '0' or '1'). Raises FrameError on a bad frame."""
         parts = text.split("|", 3)
@@ -275,6 +303,10 @@ class FrameParser:
                 raise FrameError(f"{tr_id}: {e}") from None
         f = payload.split("^")
         n = len(f)
+        if tr_id in (TR_TRADES, TR_BOOK):
+            count = self._whole_records(tr_id, f, count, (TRADE_FIELDS if tr_id == TR_TRADES else BOOK_FIELDS,), _coded)
+        elif tr_id in NOTICE_TRS:
+            count = self._whole_records(tr_id, f, count, (NOTICE_FIELDS, NOTICE_FIELDS_LEGACY), _same_account)
         if tr_id == TR_TRADES:
             if count == 1 and n == TRADE_FIELDS:
                 return self._records(tr_id, lambda i: _trade(f, 0), 1)

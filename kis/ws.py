@@ -856,17 +856,24 @@ class KisWebSocket:
                     if self._alive(ws):
                         continue
                     raise SessionEnded(f"no frame for {self.cfg.silence_timeout_s:.0f}s") from None
-                self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
                 if self.on_frame is not None:
                     self.on_frame(raw if isinstance(raw, bytes) else raw.encode())
                 text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
                 head = text[:1]
                 if head in ("0", "1"):
+                    self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
                     for ev in self._parse(text):
                         self._emit(ev)
                 elif head == "{":
-                    await self._on_control(ws, text)
+                    if not await self._on_control(ws, text):
+                        self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
+                    elif not self._alive(ws):
+                        # KIS's idle PINGPONG says the socket lives, not that prints flow: a session whose
+                        # registrations KIS lost gets nothing else, and its pings kept it (and the stale-data
+                        # alert) fresh for the rest of the day while prints were due
+                        raise SessionEnded(f"only PINGPONG for {self.cfg.silence_timeout_s:.0f}s while prints are due")
                 else:
+                    self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
                     log.warning("unrecognised websocket message (%d chars) ignored", len(text))
         finally:
             self._fail_pending()
@@ -900,19 +907,20 @@ class KisWebSocket:
                 events.append(Gap(since=now, until=now, reason=f"an order notice did not read ({p.last_bad})"))
         return events
 
-    async def _on_control(self, ws: websockets.ClientConnection, text: str) -> None:
+    async def _on_control(self, ws: websockets.ClientConnection, text: str) -> bool:
+        """A JSON control message handled; True when it was KIS's idle PINGPONG (no message of the session)."""
         try:
             ctl = parse_control(text)
         except FrameError as e:
             log.warning("%s", e)
-            return
+            return False
         if ctl.header.tr_id == "PINGPONG":
             await ws.send(text)  # echo, as python-kis and mojito do; the library answers ws pings itself
             self.pings_answered += 1
-            return
+            return True
         body = ctl.body
         if body is None:
-            return
+            return False
         key = (ctl.header.tr_id, ctl.header.tr_key)
         fut = self._pending.get(key)
         if fut is not None and not _answers(self._pending_type.get(key, ""), body.msg_cd):
@@ -930,3 +938,4 @@ class KisWebSocket:
             raise SessionRefused(body.msg_cd, body.msg1.strip())
         if fut is None and body.rt_cd not in ("0", ""):
             log.warning("unsolicited KIS control reply %s %s", body.msg_cd, body.msg1.strip())
+        return False

@@ -1,0 +1,110 @@
+"""KIS websocket answers nobody planned for (ws2 hunt). A frame whose count says fewer records than it carries lost
+the rest without a word (a fill notice; two legacy notices read as one, its price from the next one's order
+number): every whole record is read and the frame counted as bad, so a notice frame asks for a repair (a Gap). A
+session that gets only KIS's idle PINGPONG while prints are due (its registrations lost at KIS) was never made
+anew, and its pings kept the stale-data alert fresh ('prices and strategies are current'): it is judged dead as
+a silent one is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from common.enums import SessionState
+from common.krx import Phase
+from kis.framebuild import NOTICE23_ACCEPT, NOTICE23_FILL, TRADE_FIELDS_EXAMPLE, notice26
+from kis.port import BrokerNotice, Gap, NoticeKind, Trade
+from kis.realtime import FrameParser
+from kis.ws import KisWebSocket, now_kst
+from tests.unit.test_kis_ws import FakeKis, aio, rigged
+
+
+def _ws() -> tuple[KisWebSocket, list]:
+    events: list = []
+
+    async def approval() -> str:
+        return "x"
+
+    ws = KisWebSocket(url="ws://127.0.0.1:9/", approval=approval, notice_tr="H0STCNI0", hts_id="h", emit=events.append)
+    return ws, events
+
+
+FILL1 = notice26(odno="0000000001", cntg="2", acpt="2", qty="0000000003", price="000071800")
+FILL2 = notice26(odno="0000000002", cntg="2", acpt="2", qty="0000000004", price="000071800")
+
+
+def test_a_notice_frame_whose_count_understates_its_records_delivers_every_fill_and_asks_a_repair() -> None:
+    """'0|H0STCNI0|001|<fill 1>^<fill 2>': the count says 1, two whole 26-field notices follow. The second
+    (a fill of 4 shares) is neither delivered, nor counted as a bad record, nor repaired by a Gap."""
+    ws, _ = _ws()
+    events = ws._parse("0|H0STCNI0|001|" + "^".join(FILL1 + FILL2))
+    fills = [e for e in events if isinstance(e, BrokerNotice) and e.kind is NoticeKind.FILLED]
+    gaps = [e for e in events if isinstance(e, Gap)]
+    assert len(fills) == 2 and gaps, (
+        f"fills {[(f.broker_order_id, f.fill_qty) for f in fills]}, no Gap, bad {ws.parser.bad_records}"
+    )
+
+
+def test_two_legacy_notices_under_one_count_are_two_notices_not_one_wide_one() -> None:
+    """Two legacy (23-field) notices under count 001: read as ONE 26-field notice whose ODER_PRC (slot 25) is the
+    second notice's ODER_NO (2891): an acceptance at 2,891 won; the second notice (a fill) lost, no Gap."""
+    p = FrameParser()
+    out = p.parse("0|H0STCNI0|001|" + "^".join(NOTICE23_ACCEPT + NOTICE23_FILL))
+    assert out[0].order_price != 2891, "order price taken from the next record's order number"
+    assert len(out) == 2 and p.bad_records, "the fill notice after it silently lost"
+
+
+def test_a_trade_frame_whose_count_understates_its_records_delivers_every_print() -> None:
+    p = FrameParser()
+    out = p.parse("0|H0STCNT0|001|" + "^".join(list(TRADE_FIELDS_EXAMPLE) * 2))
+    assert len([e for e in out if isinstance(e, Trade)]) == 2 and p.bad_records, "second print silently dropped"
+
+
+class PingOnlyKis(FakeKis):
+    """Acks every registration, then sends nothing but KIS PINGPONGs (alive but deaf)."""
+
+    async def handler(self, ws) -> None:  # type: ignore[override]
+        async def pings() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                await ws.send(json.dumps({"header": {"tr_id": "PINGPONG", "datetime": "20260108100000"}}))
+
+        t = asyncio.create_task(pings())
+        try:
+            await super().handler(ws)
+        finally:
+            t.cancel()
+
+
+@aio
+async def test_a_stream_that_sends_only_pingpong_while_prints_are_due_is_made_anew() -> None:
+    """Prints are due (continuous session, a price registration wanted), the socket sends only KIS PINGPONGs
+    (more often than the silence timeout): the session should be judged dead and made anew, as a silent one is
+    (test_silence_triggers_reconnect). It stays READY on one session, and its 'last message' age stays ~0."""
+    kis = PingOnlyKis()
+    async with rigged(kis, silence_timeout_s=0.5) as rig:
+        rig.ws.phase = lambda: Phase.CONTINUOUS
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert (await rig.ws.subscribe("H0STCNT0", "005930")).ok
+        try:
+            await rig.until(lambda: rig.ws.sessions >= 2, timeout=3.0)  # 6 silence timeouts
+        except TimeoutError:
+            pass
+        age = (now_kst() - rig.ws._last_rx).total_seconds()  # kis/health.py ws_last_message_age_s → stale alert
+        assert rig.ws.sessions >= 2, (
+            f"still session {rig.ws.sessions}, state {rig.ws.state}, pings answered {rig.ws.pings_answered}, "
+            f"no print for 3 s with silence_timeout 0.5 s; 'last message' age {age:.2f}s (stale alert never fires)"
+        )
+
+
+@aio
+async def test_a_silent_stream_in_the_same_setting_is_made_anew() -> None:
+    """Passes: the same rig without PINGPONGs is reconnected (what the deaf one should get too)."""
+    kis = FakeKis()
+    async with rigged(kis, silence_timeout_s=0.5) as rig:
+        rig.ws.phase = lambda: Phase.CONTINUOUS
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        assert (await rig.ws.subscribe("H0STCNT0", "005930")).ok
+        await rig.until(lambda: rig.ws.sessions >= 2, timeout=3.0)
