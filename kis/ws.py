@@ -104,6 +104,11 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     # no frame at all this long (KIS's PINGPONG, about every 110 s when idle, UNCONFIRMED; the pongs to our
     # ping_interval_s keepalive): the session is dead, and a new one is made
     silence_timeout_s: float = 150.0
+    # only KIS's PINGPONG this long while prints are due (the continuous session, a price registration wanted):
+    # the session is deaf (its registrations lost at KIS) and made anew. Longer than silence_timeout_s, and
+    # doubled at each such renewal that brings no data either (to 4 h at most), since a stream of codes that
+    # seldom trade is as quiet: a connect/close every few minutes all day can get the app key blocked (§6.4)
+    deaf_after_s: float = 600.0
     ack_timeout_s: float = 10.0
     open_timeout_s: float = 10.0
     ping_interval_s: float | None = 30.0  # websocket-level keepalive (detects dead TCP)
@@ -112,6 +117,9 @@ class WsConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_registrations: int = 41
     refused_retry_s: float = 60.0  # registrations refused at a session's sync are asked for again this often
     approval_max_age_s: float = 20 * 3600.0  # the approval key is valid 24 h (checked at session start)
+
+
+DEAF_MAX_S = 4 * 3600.0  # the longest deaf_after_s grows to (a stream of seldom-traded codes all day)
 
 
 class SessionEnded(Exception):
@@ -240,6 +248,7 @@ class KisWebSocket:
         # (session, key), for audits and tests: the latest ones (every reconnect adds a round)
         self.sent_registrations: deque[tuple[int, Key]] = deque(maxlen=4096)
         self.pings_answered = 0
+        self._deaf_after = self.cfg.deaf_after_s  # (doubled by each deaf renewal that brings no data either)
         # Recording hook (server/recorder.py): called with every frame as received; None = off.
         self.on_frame: Callable[[bytes], None] | None = None
 
@@ -827,23 +836,22 @@ class KisWebSocket:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _alive(self, ws: websockets.ClientConnection) -> bool:
+    def _alive(self, ws: websockets.ClientConnection, timeout: float | None = None) -> bool:
         """A silence_timeout_s without a message: is the session alive all the same? Out of the continuous session a
         frame of any kind within it says so, the pong to our keepalive ping too: KIS's idle PINGPONG interval is
         UNCONFIRMED (~110 s), and a quiet evening stream must not reconnect each timeout (connect/close loops can lock
         the app key: OPSP8996). While prints are due it must have had a message within the timeout of the continuous
         session (a silence since before the open counts from the open): else it is dead whatever its pongs say."""
         now = asyncio.get_running_loop().time()
-        timeout = self.cfg.silence_timeout_s
         rx = getattr(ws, "rx_at", None)
-        if rx is None or now - rx >= timeout:
+        if rx is None or now - rx >= self.cfg.silence_timeout_s:
             return False  # nothing at all: a dead socket
         if not self._prints_due():
             self._due_since = None
             return True
         if self._due_since is None:
             self._due_since = now
-        return now - max(self._message_at, self._due_since) < timeout
+        return now - max(self._message_at, self._due_since) < (timeout or self.cfg.silence_timeout_s)
 
     async def _read(self, ws: websockets.ClientConnection) -> None:
         self._due_since, self._message_at = None, asyncio.get_running_loop().time()
@@ -862,16 +870,18 @@ class KisWebSocket:
                 head = text[:1]
                 if head in ("0", "1"):
                     self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
+                    self._deaf_after = self.cfg.deaf_after_s
                     for ev in self._parse(text):
                         self._emit(ev)
                 elif head == "{":
                     if not await self._on_control(ws, text):
                         self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
-                    elif not self._alive(ws):
+                    elif not self._alive(ws, self._deaf_after):
                         # KIS's idle PINGPONG says the socket lives, not that prints flow: a session whose
                         # registrations KIS lost gets nothing else, and its pings kept it (and the stale-data
                         # alert) fresh for the rest of the day while prints were due
-                        raise SessionEnded(f"only PINGPONG for {self.cfg.silence_timeout_s:.0f}s while prints are due")
+                        quiet, self._deaf_after = self._deaf_after, min(self._deaf_after * 2, DEAF_MAX_S)
+                        raise SessionEnded(f"only PINGPONG for {quiet:.0f}s while prints are due")
                 else:
                     self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
                     log.warning("unrecognised websocket message (%d chars) ignored", len(text))
