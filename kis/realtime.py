@@ -71,8 +71,9 @@ def _coded(f: list[str], o: int) -> bool:
 
 
 def _same_account(f: list[str], o: int) -> bool:
-    """A notice record opens at `o`: the first record's HTS id and account."""
-    return f[o] == f[0] and f[o + 1] == f[1]
+    """A notice record opens at `o`: the first record's HTS id (its accounts' notices share the TR), then an
+    account and an order number in digits."""
+    return f[o] == f[0] and f[o + 1].isdigit() and f[o + 2].isdigit()
 
 
 def _trade_with(f: list[str], o: int, num: Callable[[str], int]) -> Trade:

@@ -848,6 +848,7 @@ class KisWebSocket:
             return False  # nothing at all: a dead socket
         if not self._prints_due():
             self._due_since = None
+            self._deaf_after = self.cfg.deaf_after_s  # (a day's doubling ends with its session)
             return True
         if self._due_since is None:
             self._due_since = now
@@ -874,16 +875,14 @@ class KisWebSocket:
                     for ev in self._parse(text):
                         self._emit(ev)
                 elif head == "{":
-                    if not await self._on_control(ws, text):
-                        self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
-                    elif not self._alive(ws, self._deaf_after):
-                        # KIS's idle PINGPONG says the socket lives, not that prints flow: a session whose
-                        # registrations KIS lost gets nothing else, and its pings kept it (and the stale-data
-                        # alert) fresh for the rest of the day while prints were due
+                    await self._on_control(ws, text)
+                    # a control message (KIS's idle PINGPONG, an ack, the refusal of a registration retried every
+                    # minute) says the socket lives, not that prints flow: a session whose registrations KIS lost
+                    # gets nothing else, and they kept it (and the stale-data alert) fresh all day
+                    if not self._alive(ws, self._deaf_after):
                         quiet, self._deaf_after = self._deaf_after, min(self._deaf_after * 2, DEAF_MAX_S)
-                        raise SessionEnded(f"only PINGPONG for {quiet:.0f}s while prints are due")
+                        raise SessionEnded(f"no data for {quiet:.0f}s while prints are due (control messages only)")
                 else:
-                    self._last_rx, self._message_at = now_kst(), asyncio.get_running_loop().time()
                     log.warning("unrecognised websocket message (%d chars) ignored", len(text))
         finally:
             self._fail_pending()

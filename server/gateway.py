@@ -41,7 +41,7 @@ from common.freshness import Freshness
 from common.enums import AgentState, AlertKind, BarInterval, SessionState, SystemEventKind, TradingState
 from common.framing import Codec
 from common.krx import Phase
-from common.market_clock import MarketClock, WallClock, market_ns
+from common.market_clock import MarketClock, WallClock, market_day, market_ns
 from common.orders import OPEN, Order, OrderState
 from server.run_folder import RunFolderWatch, RunLock, ipc_in_use
 from common.protection import Protection
@@ -123,7 +123,8 @@ from server.trading_day import BasePrices, TradingDay
 from server.universe import Universe, UniverseBinder, held_codes
 
 log = logging.getLogger("ktrader.gateway")
-UNLIMITED_KEY = "md:unlimited"  # the store's meta row of the codes in liquidation (Portfolio.unlimited)
+UNLIMITED_KEY = "md:unlimited"  # the store's meta row of the codes in liquidation (Portfolio.unlimited), with days
+UNLIMITED_FORGET_SESSIONS = 10  # a liquidation lasts seven sessions: a code without its print this long left it
 
 
 # phases in which none of today's orders can have traded yet (the opening auction matches at 09:00; a holiday)
@@ -358,6 +359,8 @@ class Gateway:
         self.subs.on_registered = self._prints_heard  # (with feed_gap at every Gap below: one needs the other)
         self.recon.on_split_found = self._history_changed
         self.base_prices.on_confirmed = self._base_vs_close
+        # code -> the market day of its last liquidation print (Portfolio.unlimited, kept in the store: _keep_unlimited)
+        self._unlimited_seen: dict[str, str] = {}
         # every print and book is checked before anything uses it; marks move only on confirmed prints
         self.sanity = MarketSanity(
             lambda code: self.portfolio.base_prices.get(code, 0),
@@ -1408,12 +1411,21 @@ class Gateway:
         self._refused_protected.clear()  # a refusal that lasts into a new day is alerted again
         self._protected_retry.clear()
         self._check_calendar(day)
+        self._forget_unlimited(day)
 
-    def _keep_unlimited(self) -> None:
-        """The codes in a delisting's liquidation days (Portfolio.unlimited) outlive the day and a restart: the next
-        session's orders are released before any print could say so again."""
+    def _keep_unlimited(self, code: str, liquidating: bool) -> None:
+        """A code's liquidation days (Portfolio.unlimited) outlive the day and a restart, kept with the day of its last
+        liquidation print: the next session's orders are released before any print could say so again. A code
+        without one for UNLIMITED_FORGET_SESSIONS sessions is let go (delisted: a reused code is an ordinary one)."""
+        if liquidating:
+            self._unlimited_seen[code] = market_day(self.clock)
+        else:
+            self._unlimited_seen.pop(code, None)
+        self._store_unlimited()
+
+    def _store_unlimited(self) -> None:
         try:
-            self._set_meta(UNLIMITED_KEY, msgspec.json.encode(sorted(self.portfolio.unlimited)).decode())
+            self._set_meta(UNLIMITED_KEY, msgspec.json.encode(dict(sorted(self._unlimited_seen.items()))).decode())
         except Exception:  # (the store's own failure path stops the gateway; the set stands in memory meanwhile)
             log.exception("the codes in liquidation not kept")
 
@@ -1421,9 +1433,29 @@ class Gateway:
         raw = self.store.get_meta(UNLIMITED_KEY)
         if raw:
             try:
-                self.portfolio.unlimited.update(msgspec.json.decode(raw, type=list[str]))
+                self._unlimited_seen.update(msgspec.json.decode(raw, type=dict[str, str]))
             except msgspec.DecodeError:
                 log.warning("the stored codes in liquidation are unreadable: their prints say so again")
+        self._forget_unlimited(market_day(self.clock))
+
+    def _forget_unlimited(self, day: str) -> None:
+        """The codes whose last liquidation print is more than UNLIMITED_FORGET_SESSIONS sessions before `day` leave
+        Portfolio.unlimited (their liquidation ended: seven sessions); the rest are in it."""
+        cutoff = date_of(day)
+        for _ in range(UNLIMITED_FORGET_SESSIONS):
+            cutoff = previous_trading_day(cutoff)
+        old = [c for c, seen in self._unlimited_seen.items() if seen < f"{cutoff:%Y%m%d}"]
+        for code in old:
+            del self._unlimited_seen[code]
+            self.portfolio.unlimited.discard(code)
+            log.info(
+                "%s: no liquidation print for %d sessions: its daily band applies again",
+                code,
+                UNLIMITED_FORGET_SESSIONS,
+            )
+        self.portfolio.unlimited.update(self._unlimited_seen)
+        if old:
+            self._store_unlimited()
 
     def _set_meta(self, key: str, value: str) -> None:
         with self.store.transaction():

@@ -78,7 +78,7 @@ class MarketSanity:
         alert: Callable[[str], None],
         published: Callable[[str], tuple[int, int] | None] = lambda code: None,
         unlimited: set[str] | None = None,
-        on_unlimited: Callable[[], None] = lambda: None,
+        on_unlimited: Callable[[str, bool], None] = lambda code, liquidating: None,
     ) -> None:
         self.base_price = base_price  # 0: unknown (no band check)
         # the day's (lower, upper) limits as the exchange published them (None: the rules' band of the base): a new
@@ -86,9 +86,11 @@ class MarketSanity:
         self.published = published
         # codes trading without a daily band (정리매매: a print's NEW_MKOP_CLS_CODE kind 7, API.md §5.6): KRX prices
         # them 80-90 % below the last close and lets them rebound past +30 %; a code goes in at such a print and out
-        # at a print of ordinary trading (Portfolio.unlimited, which the gateway keeps: `on_unlimited` on a change)
+        # at a print of ordinary trading (Portfolio.unlimited, which the gateway keeps: `on_unlimited` at a code's
+        # first liquidation print of a day, and when it leaves)
         self.unlimited: set[str] = set() if unlimited is None else unlimited
         self.on_unlimited = on_unlimited
+        self._liquidating_today: set[str] = set()
         self.kind = kind
         self.day = day  # the market day (the rules and the per-day state follow it)
         self.alert = alert
@@ -126,6 +128,7 @@ class MarketSanity:
             self._last.clear()
             self._confirmed.clear()
             self._quote.clear()
+            self._liquidating_today.clear()
         return self._rules
 
     def _price(self, code: str, price: int, rules: KrxRules) -> Bad | None:
@@ -191,16 +194,19 @@ class MarketSanity:
         op = t.market_op
         if len(op) != 2 or op[0] not in SESSION_OPS or t.qty <= 0 or (t.date and t.date not in self._days):
             return
-        liquidating = op[1] == LIQUIDATION
-        if liquidating == (t.code in self.unlimited):
-            return
-        if liquidating:
-            self.unlimited.add(t.code)
-            log.warning("%s trades in liquidation (정리매매): no daily band for its prints and orders", t.code)
-        else:
+        if op[1] == LIQUIDATION:
+            if t.code in self._liquidating_today:
+                return
+            self._liquidating_today.add(t.code)
+            if t.code not in self.unlimited:
+                self.unlimited.add(t.code)
+                log.warning("%s trades in liquidation (정리매매): no daily band for its prints and orders", t.code)
+            self.on_unlimited(t.code, True)
+        elif t.code in self.unlimited:
             self.unlimited.discard(t.code)
+            self._liquidating_today.discard(t.code)
             log.warning("%s trades as usual again (no liquidation): its daily band applies", t.code)
-        self.on_unlimited()
+            self.on_unlimited(t.code, False)
 
     @staticmethod
     def _not_a_trade(t: Trade) -> Bad | None:

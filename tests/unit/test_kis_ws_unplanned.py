@@ -118,3 +118,17 @@ async def test_pings_do_not_make_real_time_data_fresh() -> None:
         pings = rig.ws.pings_answered
         await rig.until(lambda: rig.ws.pings_answered >= pings + 4, timeout=5.0)
         assert (now_kst() - rig.ws._last_rx).total_seconds() >= 0.5 and rig.ws.sessions == 1
+
+
+@aio
+async def test_a_deaf_session_is_made_anew_though_a_refused_registration_is_retried_every_minute() -> None:
+    """The refusal of each retry of a registration KIS refused (MAX SUBSCRIBE OVER) is a control message, as a
+    PINGPONG is: it says nothing of prints flowing, and it kept a deaf session alive all day (review)."""
+    kis = PingOnlyKis(cap=2)  # the notice slot + 1 code; the 2nd code is refused MAX SUBSCRIBE OVER
+    async with rigged(kis, silence_timeout_s=0.5, deaf_after_s=0.3, refused_retry_s=0.1) as rig:
+        rig.ws.phase = lambda: Phase.CONTINUOUS
+        await rig.ws.subscribe("H0STCNT0", "005930")
+        await rig.ws.subscribe("H0STCNT0", "000660")
+        rig.ws.start()
+        assert await rig.ws.wait_state(SessionState.READY, 5)
+        await rig.until(lambda: rig.ws.sessions >= 2, timeout=4.0)

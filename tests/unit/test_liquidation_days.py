@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from common.calendar import next_trading_day
 from common.config import AgentCard, GatewayConfig, RiskLimits
 from common.enums import OrderType, Side, TimeInForce
 from common.errors import ErrorCode
@@ -40,17 +41,17 @@ def _sanity(base: int, unlimited: set[str]) -> MarketSanity:
 
 def test_liquidation_prints_far_from_the_base_are_kept_and_mark_the_code_unlimited() -> None:
     unlimited: set[str] = set()
-    changes: list[set[str]] = []
+    changes: list[tuple[str, bool]] = []
     ms = MarketSanity(
         lambda c: BASE,
         lambda c: SecurityKind.STOCK,
         lambda: DAY,
         lambda t: None,
         unlimited=unlimited,
-        on_unlimited=lambda: changes.append(set(unlimited)),
+        on_unlimited=lambda code, on: changes.append((code, on)),
     )
     assert ms.trade(_print("093000", 1_500, 100)) is None  # the first call: -85 %
-    assert unlimited == {CODE} and changes == [{CODE}]
+    assert unlimited == {CODE} and changes == [(CODE, True)]  # (told once a day: the day of its last such print)
     assert ms.trade(_print("100000", 3_200, 200)) is None  # +113 % later in the day: no band either
     # a crossed book between its single-price calls is the liquidation's normal state, not bad data
     book = Book(code=CODE, time="101000", asks=((3_000, 10),), bids=((3_100, 10),), total_ask_qty=10, total_bid_qty=10)
@@ -61,7 +62,7 @@ def test_liquidation_prints_far_from_the_base_are_kept_and_mark_the_code_unlimit
     assert plain.trade(_print("093000", 1_500, 100, op="20")) == Bad.BAND
     # a print of ordinary trading takes the code out again (a liquidation stopped by a court, say)
     assert ms.trade(_print("110000", 10_100, 300, op="20")) is None
-    assert unlimited == set() and changes[-1] == set()
+    assert unlimited == set() and changes == [(CODE, True), (CODE, False)]
 
 
 def test_a_garbled_or_stale_print_switches_no_band_off() -> None:
@@ -172,5 +173,22 @@ async def test_the_gateway_keeps_a_liquidation_print_and_its_mark_moves(tmp_path
     try:
         again._load_unlimited()
         assert again.portfolio.unlimited == {CODE}
+        today = again._unlimited_seen[CODE]
+        # a liquidation lasts seven sessions: ten sessions on without its print the code is an ordinary one again
+        # (delisted: it never prints again; a reused code trades as usual), and the store forgets it
+        day = dt.date(int(today[:4]), int(today[4:6]), int(today[6:]))
+        for _ in range(10):
+            day = next_trading_day(day)
+        again._forget_unlimited(f"{day:%Y%m%d}")
+        assert again.portfolio.unlimited == {CODE}  # (ten sessions: still)
+        again._forget_unlimited(f"{next_trading_day(day):%Y%m%d}")
+        again.portfolio.base_prices[CODE] = BASE
+        assert again.portfolio.unlimited == set() and again.portfolio.day_limits(CODE) == (7_000, 13_000)
     finally:
         again._close_stores()
+    third = Gateway(GatewayConfig(run_dir=str(tmp_path / "gwrun")), FakeBroker(ref_price=BASE))
+    try:
+        third._load_unlimited()
+        assert third.portfolio.unlimited == set()
+    finally:
+        third._close_stores()
