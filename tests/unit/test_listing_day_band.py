@@ -10,6 +10,8 @@ import datetime as dt
 from pathlib import Path
 
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from common.config import AgentCard
 from common.enums import OrderType, Side, TimeInForce
@@ -61,13 +63,22 @@ def _buy(n: int, price: int, day: dt.date = DAY, qty: int = 1, tif: TimeInForce 
     )
 
 
-async def test_the_gate_judges_a_listing_day_order_in_the_band_kis_publishes(tmp_path: Path) -> None:
-    broker = Listing()
-    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(9, 5)), [CARD], broker=broker)
+@asynccontextmanager
+async def _listing_rig(tmp_path: Path, broker: FakeBroker, at: dt.time, card: AgentCard) -> AsyncIterator[Rig]:
+    """A started gateway rig at `at` on DAY whose base price of CODE is fetched (the day's morning look)."""
+    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, at), [card], broker=broker)
     await rig.start()
     try:
         rig.day.tick()
         await rig.day.base_prices.ensure([CODE])
+        yield rig
+    finally:
+        await rig.close()
+
+
+async def test_the_gate_judges_a_listing_day_order_in_the_band_kis_publishes(tmp_path: Path) -> None:
+    broker = Listing()
+    async with _listing_rig(tmp_path, broker, dt.time(9, 5), CARD) as rig:
         pf = rig.h.portfolio
         assert pf.base_prices[CODE] == OFFER and pf.published[CODE] == (6_000, 40_000)
         ok = rig.h.desk.submit(CARD, _buy(1, 25_000))  # 2.5x the offering price: refused as outside ±30 % before
@@ -87,8 +98,6 @@ async def test_the_gate_judges_a_listing_day_order_in_the_band_kis_publishes(tmp
         assert pf.day_limits(CODE) == rules_for(dt.date(2026, 12, 7)).price_limits(26_000)
         far = rig.h.desk.submit(CARD, _buy(3, 40_000, dt.date(2026, 12, 7)))
         assert not far.accepted and far.code == ErrorCode.DENIED_PRICE_BAND
-    finally:
-        await rig.close()
 
 
 def test_limits_that_do_not_hold_the_base_are_not_taken() -> None:
@@ -111,19 +120,13 @@ async def test_a_market_buy_held_for_the_listing_days_session_is_reserved_at_the
     """Placed before the opening call for today's session: judged and reserved at KIS's 40,000 a share (it was
     judged so and reserved at the rules' 13,000, so a second one passed a budget the first had used)."""
     card = AgentCard(id="alpha", name="alpha", strategy="x:Y", codes=[CODE], budget=60_000_000)
-    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(8, 10)), [card], broker=Listing())
-    await rig.start()
-    try:
-        rig.day.tick()
-        await rig.day.base_prices.ensure([CODE])
+    async with _listing_rig(tmp_path, Listing(), dt.time(8, 10), card) as rig:
         first = rig.h.desk.submit(card, _buy(1, 0, qty=1_000, tif=TimeInForce.NEXT_SESSION))
         assert first.accepted, (first.code, first.message)
         o = rig.h.book.orders[f"alpha-{DAY:%Y%m%d}-1"]
         assert o.state is OrderState.HELD and o.valid_day == f"{DAY:%Y%m%d}"
         assert rig.h.portfolio.order_value(o) == 1_000 * 40_000
         assert not rig.h.desk.submit(card, _buy(2, 0, qty=1_000, tif=TimeInForce.NEXT_SESSION)).accepted
-    finally:
-        await rig.close()
 
 
 async def test_the_next_sessions_band_is_the_rules_band_of_the_listing_days_close(tmp_path: Path) -> None:
@@ -159,11 +162,7 @@ async def test_the_next_sessions_band_is_the_rules_band_of_the_listing_days_clos
 
 async def test_limits_do_not_outlive_their_day_when_the_next_days_fetch_fails(tmp_path: Path) -> None:
     broker = Listing()
-    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(9, 5)), [CARD], broker=broker)
-    await rig.start()
-    try:
-        rig.day.tick()
-        await rig.day.base_prices.ensure([CODE])
+    async with _listing_rig(tmp_path, broker, dt.time(9, 5), CARD) as rig:
         assert CODE in rig.h.portfolio.published
         broker.down = True
         rig.at(dt.datetime.combine(dt.date(2026, 12, 7), dt.time(9, 5)))
@@ -171,8 +170,6 @@ async def test_limits_do_not_outlive_their_day_when_the_next_days_fetch_fails(tm
         await rig.run_spawned()
         await rig.day.base_prices.ensure([CODE])
         assert CODE not in rig.h.portfolio.published and CODE not in rig.h.portfolio.base_prices
-    finally:
-        await rig.close()
 
 
 async def test_a_protective_limit_exit_may_go_down_to_the_published_lower_limit(tmp_path: Path) -> None:
@@ -234,15 +231,9 @@ def test_a_shadow_buy_takes_a_listing_day_print_with_no_quote_below_the_publishe
 async def test_an_ordinary_days_limits_are_the_rules_band_and_are_not_kept(tmp_path: Path) -> None:
     broker = Listing()
     broker.band = DayBand(base=OFFER, lower=7_000, upper=13_000)  # what KIS publishes on an ordinary day
-    rig = Rig(tmp_path / "db" / "g.sqlite", dt.datetime.combine(DAY, dt.time(9, 5)), [CARD], broker=broker)
-    await rig.start()
-    try:
-        rig.day.tick()
-        await rig.day.base_prices.ensure([CODE])
+    async with _listing_rig(tmp_path, broker, dt.time(9, 5), CARD) as rig:
         assert rig.h.portfolio.base_prices[CODE] == OFFER and CODE not in rig.h.portfolio.published
         assert rig.h.portfolio.day_limits(CODE) == (7_000, 13_000)
-    finally:
-        await rig.close()
 
 
 async def test_a_leveraged_etfs_published_60_percent_band_is_taken_every_day(tmp_path: Path) -> None:
