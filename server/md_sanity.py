@@ -69,6 +69,11 @@ LIQUIDATION = "7"  # NEW_MKOP_CLS_CODE's 2nd character on a delisting's liquidat
 SESSION_OPS = frozenset("1234")  # its 1st: 장개시전 / 장중 / 장종료후 / 시간외단일가
 
 
+def _inside(price: int, limits: list[tuple[int, int]]) -> bool:
+    """`price` lies within the widest of `limits` (the code's kind or market unknown: the nearest limit counts)."""
+    return min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits)
+
+
 class MarketSanity:
     def __init__(
         self,
@@ -140,7 +145,7 @@ class MarketSanity:
             if not any(rules.on_grid(price, k, m) for k in kinds for m in MARKETS):
                 return Bad.GRID
             limits = self._limits(code, kinds, rules)
-            if limits and not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits):
+            if limits and not _inside(price, limits):
                 return Bad.BAND
         except PriceRuleError:
             return Bad.PRICE
@@ -154,6 +159,10 @@ class MarketSanity:
         published = self.published(code)
         if published is not None:
             return [published]
+        return self._rules_band(code, kinds, rules)
+
+    def _rules_band(self, code: str, kinds: tuple[SecurityKind, ...], rules: KrxRules) -> list[tuple[int, int]]:
+        """The rules' band of `code`'s base for each kind and market it may be; [] while its base is unknown."""
         base = self.base_price(code)
         return [rules.price_limits(base, k, m) for k in kinds for m in MARKETS] if base > 0 else []
 
@@ -164,13 +173,9 @@ class MarketSanity:
         print dropped outside the band."""
         if self.published(code) is None:
             return False
-        base = self.base_price(code)
-        if base <= 0:
-            return False
-        rules = self._rules or self._roll()
         kind = self.kind(code)
-        limits = [rules.price_limits(base, k, m) for k in (KINDS if kind is None else (kind,)) for m in MARKETS]
-        return not min(lo for lo, _ in limits) <= price <= max(hi for _, hi in limits)
+        limits = self._rules_band(code, KINDS if kind is None else (kind,), self._rules or self._roll())
+        return bool(limits) and not _inside(price, limits)
 
     def trade(self, t: Trade) -> Bad | None:
         """None when the print may be used; else why it is dropped (counted here, alerted unless `NOT_TRADES`)."""
