@@ -916,20 +916,19 @@ class KisWebSocket:
                 events.append(Gap(since=now, until=now, reason=f"an order notice did not read ({p.last_bad})"))
         return events
 
-    async def _on_control(self, ws: websockets.ClientConnection, text: str) -> bool:
-        """A JSON control message handled; True when it was KIS's idle PINGPONG (no message of the session)."""
+    async def _on_control(self, ws: websockets.ClientConnection, text: str) -> None:
         try:
             ctl = parse_control(text)
         except FrameError as e:
             log.warning("%s", e)
-            return False
+            return
         if ctl.header.tr_id == "PINGPONG":
             await ws.send(text)  # echo, as python-kis and mojito do; the library answers ws pings itself
             self.pings_answered += 1
-            return True
+            return
         body = ctl.body
         if body is None:
-            return False
+            return
         key = (ctl.header.tr_id, ctl.header.tr_key)
         fut = self._pending.get(key)
         if fut is not None and not _answers(self._pending_type.get(key, ""), body.msg_cd):
@@ -947,4 +946,3 @@ class KisWebSocket:
             raise SessionRefused(body.msg_cd, body.msg1.strip())
         if fut is None and body.rt_cd not in ("0", ""):
             log.warning("unsolicited KIS control reply %s %s", body.msg_cd, body.msg1.strip())
-        return False

@@ -150,7 +150,7 @@ class HistoryData:
         return nearest_grid(row.close, kind, market, rules_for(row.day))  # (a halted day repeats the close before)
 
     def past_bars(self, code: str, day: dt.date, n: int) -> list[history.DailyBar]:
-        """The last `n` rows before `day` with positive prices, oldest first."""
+        """The last `n` rows before `day` with trades (tradable: positive prices and volume), oldest first."""
         days = self._bar_days.get(code, [])
         i = bisect.bisect_left(days, day)
         return self._bars[code][max(i - n, 0) : i]
